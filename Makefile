@@ -1,0 +1,26 @@
+# cse_pose: the commands a newcomer runs. `make demo` and `make test` set up .venv themselves.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose_ros/setup.py training/pyproject.toml
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test lint demo bench bench-solver train-smoke export eval clean
+
+$(VENV)/.stamp: $(SETUP_INPUTS)
+	bash scripts/setup.sh
+
+setup: $(VENV)/.stamp  ## create .venv with ROS 2 wheels, torch CPU, onnxruntime, open3d (idempotent)
+
+test: $(VENV)/.stamp  ## the whole pytest suite (ROS-free core, training, node over real DDS)
+	$(PY) -m pytest -q ros2_ws/src/cse_pose_ros/test training/tests
+
+lint: $(VENV)/.stamp  ## ruff
+	$(VENV)/bin/ruff check .
+
+bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d RANSAC
+	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench_solver.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

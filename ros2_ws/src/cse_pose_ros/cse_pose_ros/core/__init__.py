@@ -1,0 +1,28 @@
+"""ROS-free, torch-free geometry core of cse_pose (numpy only).
+
+Modules, one per stage of the data flow (DESIGN section 3):
+``camera`` (intrinsics, depth decoding, back-projection), ``crop`` (the reference crop and its maps),
+``priors`` (category prior meshes, symmetry, frame conventions), ``correspondence`` (confidence
+threshold, selection, lifting), ``solver`` (weighted Umeyama + vectorised RANSAC), ``pose`` (the
+published pose, size and quality) and ``metrics`` (the paper's evaluation). Errors live in ``errors``.
+"""
+
+from .errors import (
+    DegenerateGeometryError,
+    EmptyMaskError,
+    InvalidDepthError,
+    InvalidInputError,
+    InvalidIntrinsicsError,
+    PoseError,
+    UnknownCategoryError,
+)
+
+__all__ = [
+    "DegenerateGeometryError",
+    "EmptyMaskError",
+    "InvalidDepthError",
+    "InvalidInputError",
+    "InvalidIntrinsicsError",
+    "PoseError",
+    "UnknownCategoryError",
+]

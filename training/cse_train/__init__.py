@@ -1,0 +1,1 @@
+"""Training side of cse_pose: model, renderer, data, losses, train loop, evaluation, ONNX export."""

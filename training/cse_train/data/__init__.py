@@ -1,0 +1,1 @@
+"""Datasets: synthetic RGB-D videos, Wild6D, REAL275."""
