@@ -1,0 +1,121 @@
+"""From the model's per-cell outputs to 3D-3D pairs: confidence threshold, selection, lifting.
+
+Reference behaviour (brief sections 2.4-2.6), per instance instead of per batch: the G x G confidence
+is upsampled bilinearly to the S x S crop, ``theta = min(mean confidence over the mask, floor)``; every
+crop pixel with mask, valid depth and confidence >= theta is kept; its source point is the canonical
+``match`` of its grid cell (nearest upsampling) and its target point is its depth back-projected with the
+*original* intrinsics at the pixel's original-image coordinate (``crop.crop_to_image``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .camera import backproject
+from .crop import CropBox, crop_image, crop_to_image
+from .errors import DegenerateGeometryError, EmptyMaskError, InvalidDepthError, InvalidInputError
+
+#: Upper bound of the per-instance confidence threshold (reference: 0.5, about 17.7 px of a 256 crop).
+DEFAULT_CONFIDENCE_FLOOR = 0.5
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    """Selected pairs of one instance.
+
+    Attributes:
+        src: (n, 3) canonical points (model units).
+        dst: (n, 3) camera-frame points, metres.
+        weights: (n,) confidence of each pair in (0, 1].
+        pixels: (n, 2) original-image (u, v) coordinates of the pairs.
+        threshold: the confidence threshold theta that was applied.
+        mean_confidence: mean confidence over the instance's mask (before thresholding).
+    """
+
+    src: np.ndarray
+    dst: np.ndarray
+    weights: np.ndarray
+    pixels: np.ndarray
+    threshold: float
+    mean_confidence: float
+
+
+def upsample_grid(grid: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    """(G, G[, C]) grid -> (size, size[, C]) with PyTorch semantics (bilinear align_corners=False / nearest).
+
+    A whole-grid ``CropBox`` turns this into the crop resampler, so both share one implementation.
+    """
+    g = np.asarray(grid)
+    n = g.shape[0]
+    if g.ndim not in (2, 3) or g.shape[1] != n or n % 2:
+        raise InvalidInputError(f"grid must be (G, G[, C]) with even G, got shape {g.shape}")
+    return crop_image(g, CropBox(n // 2, n // 2, n // 2, n // 2, int(size)), interpolation)
+
+
+def confidence_threshold(confidence: np.ndarray, mask: np.ndarray, floor: float = DEFAULT_CONFIDENCE_FLOOR) -> float:
+    """``theta = min(mean(confidence[mask]), floor)``; raises ``EmptyMaskError`` for an empty mask."""
+    sel = np.asarray(confidence)[np.asarray(mask, dtype=bool)]
+    if sel.size == 0:
+        raise EmptyMaskError("mask selects no confidence value")
+    return float(min(sel.mean(), floor))
+
+
+def select_correspondences(
+    match: np.ndarray,
+    confidence: np.ndarray,
+    mask_crop: np.ndarray,
+    depth_crop_m: np.ndarray,
+    box: CropBox,
+    K: np.ndarray,
+    confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
+    min_pairs: int = 3,
+) -> Correspondences:
+    """Confident, depth-valid crop pixels -> canonical/camera point pairs (reference sections 2.4-2.6).
+
+    Args:
+        match: (G, G, 3) canonical point per grid cell.
+        confidence: (G, G) cycle confidence per cell in [0, 1].
+        mask_crop: (S, S) instance mask of the crop (non-zero = object).
+        depth_crop_m: (S, S) depth of the crop in metres (nearest-resampled, 0 = invalid).
+        box: the crop (S = ``box.size``).
+        K: (3, 3) intrinsics of the ORIGINAL image.
+        confidence_floor: upper bound of theta.
+        min_pairs: fewer selected pairs raise ``DegenerateGeometryError``.
+    Returns:
+        ``Correspondences`` (float64 arrays).
+    Raises:
+        EmptyMaskError, InvalidDepthError, DegenerateGeometryError, InvalidInputError.
+    """
+    S = box.size
+    match = np.asarray(match)
+    confidence = np.asarray(confidence)
+    G = confidence.shape[0] if confidence.ndim == 2 else -1
+    if confidence.ndim != 2 or confidence.shape != (G, G) or match.shape != (G, G, 3):
+        raise InvalidInputError(f"need match (G,G,3) and confidence (G,G); got {match.shape} and {confidence.shape}")
+    if np.shape(mask_crop) != (S, S) or np.shape(depth_crop_m) != (S, S):
+        raise InvalidInputError(
+            f"mask and depth crops must be ({S}, {S}); got {np.shape(mask_crop)} and {np.shape(depth_crop_m)}"
+        )
+    mask = np.asarray(mask_crop) != 0
+    if not mask.any():
+        raise EmptyMaskError("instance mask is empty inside its crop")
+    depth = np.asarray(depth_crop_m, dtype=np.float32)
+    conf_up = upsample_grid(confidence.astype(np.float32, copy=False), S, "bilinear")
+    mean_conf = float(conf_up[mask].mean())
+    theta = min(mean_conf, float(confidence_floor))
+    valid_depth = mask & (depth > 0)  # decode_depth already turned NaN/inf/out-of-range into 0
+    if not valid_depth.any():
+        raise InvalidDepthError("no valid depth inside the instance mask")
+    keep = valid_depth & (conf_up >= theta) & (conf_up > 0)
+    v, u = np.nonzero(keep)
+    if len(u) < max(3, min_pairs):
+        raise DegenerateGeometryError(
+            f"only {len(u)} confident pixels with valid depth (need {max(3, min_pairs)}; theta={theta:.2f})"
+        )
+    cell = (v * G) // S, (u * G) // S  # legacy-nearest upsampling of the match grid
+    src = match[cell].astype(np.float64)
+    x, y = crop_to_image(u, v, box)
+    dst = backproject(x, y, depth[v, u], K)
+    return Correspondences(src, dst, conf_up[v, u].astype(np.float64), np.stack([x, y], 1), theta, mean_conf)

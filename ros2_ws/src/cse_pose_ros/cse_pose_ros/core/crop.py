@@ -1,0 +1,196 @@
+"""The reference crop (reference brief sections 2.1 and 2.6), its intrinsics and its inverse map.
+
+A crop is a box around the instance mask, each half-size enlarged independently (so the crop is
+*stretched* to a square, as the network was trained), resized to ``S x S``: RGB bilinear (PyTorch
+``align_corners=False``, no antialiasing), mask and depth nearest (PyTorch legacy ``nearest``), zero
+padding outside the image.
+
+Coordinate conventions, exactly as the reference:
+
+* crop intrinsics: ``f_crop = f * (S/2) / l`` and ``c_crop = (c - (center - l)) * (S/2) / l`` per axis;
+* crop pixel / grid cell ``u`` of an ``n``-wide crop maps back to original image coordinate
+  ``x = (center - l) + (u + 0.5) * 2l / n`` (the reference does not subtract the extra half original
+  pixel that an exact inverse of the resize would; this is what the network's geometry was trained with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import EmptyMaskError, InvalidInputError, InvalidIntrinsicsError
+
+#: Per-axis enlargement of the mask box at test time (Wild6D; REAL275 uses 1.2).
+DEFAULT_ENLARGE = 1.35
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop rectangle in original image pixels and the square size it is resized to.
+
+    ``center_x/center_y`` and ``half_x/half_y`` (the enlarged half-sizes ``l``) are integers, as in the
+    reference; the rectangle spans ``[center - half, center + half)`` per axis.
+    """
+
+    center_x: int
+    center_y: int
+    half_x: int
+    half_y: int
+    size: int
+
+    @property
+    def x0(self) -> int:
+        """Left edge (original pixels)."""
+        return self.center_x - self.half_x
+
+    @property
+    def y0(self) -> int:
+        """Top edge (original pixels)."""
+        return self.center_y - self.half_y
+
+
+def crop_box_from_mask(mask: np.ndarray, size: int, enlarge: float | tuple[float, float] = DEFAULT_ENLARGE) -> CropBox:
+    """Reference crop box around the non-zero pixels of ``mask``.
+
+    Args:
+        mask: (H, W) array, non-zero = object.
+        size: output crop size S in pixels.
+        enlarge: per-axis factor k (scalar or (kx, ky)); ``l = int(k * half)``.
+    Raises:
+        EmptyMaskError: no pixel set, or a box too small to crop (``l == 0``, e.g. a 1-pixel mask).
+        InvalidInputError: mask not 2-D, bad size or factor.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InvalidInputError(f"mask must be (H, W), got shape {mask.shape}")
+    if int(size) < 2:
+        raise InvalidInputError(f"crop size must be >= 2, got {size}")
+    kx, ky = (enlarge, enlarge) if np.isscalar(enlarge) else enlarge
+    if not (kx > 0 and ky > 0):
+        raise InvalidInputError(f"enlarge factors must be positive, got {enlarge}")
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        raise EmptyMaskError("instance mask is empty")
+    cols = np.flatnonzero(mask.any(axis=0))
+    ymin, ymax, xmin, xmax = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    half_x, half_y = int(kx * ((xmax - xmin) // 2)), int(ky * ((ymax - ymin) // 2))
+    if half_x <= 0 or half_y <= 0:
+        raise EmptyMaskError(
+            f"instance mask too small to crop: box {xmax - xmin + 1}x{ymax - ymin + 1} px (need >= 3 px per axis)"
+        )
+    return CropBox((xmin + xmax) // 2, (ymin + ymax) // 2, half_x, half_y, int(size))
+
+
+def _bilinear_taps(start: int, half: int, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (size, 2) and weights (size, 2) along one axis, zero weight outside [0, limit)."""
+    scale = 2.0 * half / size
+    src = np.maximum((np.arange(size) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i0 = np.minimum(i0, 2 * half - 1)
+    i1 = np.minimum(i0 + 1, 2 * half - 1)
+    lam = src - i0
+    idx = np.stack([i0, i1], axis=1) + start
+    w = np.stack([1.0 - lam, lam], axis=1)
+    inside = (idx >= 0) & (idx < limit)
+    return np.clip(idx, 0, limit - 1), np.where(inside, w, 0.0).astype(np.float32)
+
+
+def _nearest_taps(start: int, half: int, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Legacy-nearest source indices (size,) and an inside-the-image flag (size,)."""
+    idx = np.minimum(np.floor(np.arange(size) * (2.0 * half / size)).astype(np.int64), 2 * half - 1) + start
+    inside = (idx >= 0) & (idx < limit)
+    return np.clip(idx, 0, limit - 1), inside
+
+
+def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize the box of ``image`` to ``box.size`` squared, zero outside the image.
+
+    Args:
+        image: (H, W) or (H, W, C) array.
+        box: the crop.
+        interpolation: ``'bilinear'`` (returns float32) or ``'nearest'`` (keeps the dtype).
+    Returns:
+        (S, S) or (S, S, C) crop.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise InvalidInputError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
+    H, W = image.shape[:2]
+    S = box.size
+    if interpolation == "nearest":
+        r, r_in = _nearest_taps(box.y0, box.half_y, S, H)
+        c, c_in = _nearest_taps(box.x0, box.half_x, S, W)
+        out = image[r[:, None], c[None, :]]
+        valid = r_in[:, None] & c_in[None, :]
+        if not valid.all():
+            out = out.copy()
+            out[~valid] = 0
+        return out
+    if interpolation != "bilinear":
+        raise InvalidInputError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+    r, wr = _bilinear_taps(box.y0, box.half_y, S, H)
+    c, wc = _bilinear_taps(box.x0, box.half_x, S, W)
+    img = image.astype(np.float32, copy=False)
+    out = None
+    for a in range(2):
+        rows = img[r[:, a]]  # (S, W[, C])
+        row_mix = None
+        for b in range(2):
+            w = wc[:, b] if image.ndim == 2 else wc[:, b, None]
+            term = rows[:, c[:, b]] * w
+            row_mix = term if row_mix is None else row_mix + term
+        wa = wr[:, a, None] if image.ndim == 2 else wr[:, a, None, None]
+        out = row_mix * wa if out is None else out + row_mix * wa
+    return out
+
+
+def crop_intrinsics(K: np.ndarray, box: CropBox) -> np.ndarray:
+    """Intrinsics (3, 3) in pixel units of the ``S x S`` crop (reference section 2.1, item 6)."""
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InvalidIntrinsicsError(f"K must be finite with positive focal lengths, got {K.tolist()}")
+    sx, sy = 0.5 * box.size / box.half_x, 0.5 * box.size / box.half_y
+    Kc = K.copy()
+    Kc[0, 0], Kc[0, 1], Kc[0, 2] = K[0, 0] * sx, K[0, 1] * sx, (K[0, 2] - box.x0) * sx
+    Kc[1, 1], Kc[1, 2] = K[1, 1] * sy, (K[1, 2] - box.y0) * sy
+    return Kc
+
+
+def intrinsics_to_ndc(K_crop: np.ndarray, size: int) -> np.ndarray:
+    """Crop intrinsics in pixels -> NDC (reference section 0): ``f/(S/2)``, ``c/(S/2) - 1``."""
+    K = np.asarray(K_crop, dtype=np.float64).reshape(3, 3).copy()
+    h = 0.5 * size
+    K[:2, :2] /= h
+    K[:2, 2] = K[:2, 2] / h - 1.0
+    return K
+
+
+def crop_to_image(u: np.ndarray, v: np.ndarray, box: CropBox, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Crop pixel (or grid cell) indices -> original image coordinates, reference convention.
+
+    Args:
+        u, v: column and row indices in an ``n x n`` grid over the crop (default ``n = box.size``).
+    Returns:
+        (x, y) float64 original-image pixel coordinates of the cell centres.
+    """
+    n = box.size if n is None else int(n)
+    x = box.x0 + (np.asarray(u, dtype=np.float64) + 0.5) * (2.0 * box.half_x / n)
+    y = box.y0 + (np.asarray(v, dtype=np.float64) + 0.5) * (2.0 * box.half_y / n)
+    return x, y
+
+
+def downsample_mask(mask_crop: np.ndarray, grid: int) -> np.ndarray:
+    """(S, S) crop mask -> (G, G) with PyTorch legacy ``nearest`` (top-left sample of each block)."""
+    m = np.asarray(mask_crop)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise InvalidInputError(f"mask crop must be square (S, S), got shape {m.shape}")
+    idx = np.floor(np.arange(grid) * (m.shape[0] / grid)).astype(np.int64)
+    return m[idx[:, None], idx[None, :]]
+
+
+def ndc_grid(n: int) -> np.ndarray:
+    """(n*n, 2) NDC coordinates (x = column, y = row) of cell centres, row-major: ``(i + 0.5)/(n/2) - 1``."""
+    t = (np.arange(n) + 0.5) / (0.5 * n) - 1.0
+    yy, xx = np.meshgrid(t, t, indexing="ij")
+    return np.stack([xx.reshape(-1), yy.reshape(-1)], axis=1)

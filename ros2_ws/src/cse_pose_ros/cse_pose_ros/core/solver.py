@@ -1,0 +1,338 @@
+"""Similarity transform from 3D-3D correspondences: weighted Umeyama and a vectorised RANSAC around it.
+
+Model: ``dst ≈ scale * R @ src + t`` (column vectors), ``src`` in canonical units, ``dst`` in metres
+(camera frame), so ``scale`` is metres per canonical unit.
+
+The reference's RANSAC is nearly a no-op (reference brief section 2.7: a ~1 m "inlier" threshold).
+Ours uses a metric threshold. Hypothesis 0 is the least-squares fit on all pairs; when it already
+explains ``early_stop_inlier_ratio`` of the pairs, no random hypotheses are drawn (the common
+no-outlier case costs little more than plain Umeyama). Otherwise minimal 3-point hypotheses are drawn in
+batches, solved with one batched SVD, screened for degenerate samples, and scored on a fixed random
+subset of the pairs; the number of hypotheses adapts to the best inlier ratio seen (standard RANSAC
+bound for ``confidence``). The winner is refitted (weighted) on its inliers over all pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DegenerateGeometryError, InvalidInputError
+
+#: Relative singular-value floor below which the pairs are treated as collinear.
+_COLLINEAR_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """``p_dst = scale * R @ p_src + t``; R (3, 3) proper rotation, t (3,)."""
+
+    scale: float
+    R: np.ndarray
+    t: np.ndarray
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """Transform (n, 3) points."""
+        return self.scale * (np.asarray(points) @ self.R.T) + self.t
+
+
+@dataclass(frozen=True)
+class SolverResult(Similarity):
+    """A robust fit with its support.
+
+    Attributes:
+        inliers: (n,) bool, pairs within ``threshold_m`` of the final model.
+        rms_m: root-mean-square residual of the inliers, metres.
+        inlier_ratio: fraction of pairs that are inliers.
+        hypotheses: number of hypotheses scored (1 = the least-squares fit was accepted).
+    """
+
+    inliers: np.ndarray
+    rms_m: float
+    inlier_ratio: float
+    hypotheses: int
+
+
+def _check_pairs(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    src = np.asarray(src)
+    dst = np.asarray(dst)
+    if src.ndim != 2 or src.shape[1] != 3 or dst.shape != src.shape:
+        raise InvalidInputError(f"src and dst must both be (n, 3), got {src.shape} and {dst.shape}")
+    if not (np.issubdtype(src.dtype, np.number) and np.issubdtype(dst.dtype, np.number)):
+        raise InvalidInputError(f"src/dst must be numeric, got {src.dtype} and {dst.dtype}")
+    if len(src) < 3:
+        raise DegenerateGeometryError(f"need at least 3 correspondences, got {len(src)}")
+    src = src.astype(np.float64, copy=False)
+    dst = dst.astype(np.float64, copy=False)
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise InvalidInputError("correspondences contain NaN or inf")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if len(weights) != len(src):
+            raise InvalidInputError(f"weights must be (n,) = ({len(src)},), got {weights.shape}")
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise InvalidInputError("weights must be finite and non-negative")
+        if weights.sum() <= 0:
+            raise DegenerateGeometryError("all correspondence weights are zero")
+    return src, dst, weights
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Weighted first and second moments of a pair set: all Umeyama needs (and its residual)."""
+
+    w: float  # total weight
+    sx: np.ndarray  # (3,) sum w x
+    sy: np.ndarray  # (3,) sum w y
+    sxx: float  # sum w |x|^2
+    syy: float  # sum w |y|^2
+    syx: np.ndarray  # (3, 3) sum w y x^T
+
+    def __sub__(self, other: _Moments) -> _Moments:
+        return _Moments(
+            self.w - other.w, self.sx - other.sx, self.sy - other.sy,
+            self.sxx - other.sxx, self.syy - other.syy, self.syx - other.syx,
+        )
+
+
+def _moments(P: np.ndarray, Q: np.ndarray, weights: np.ndarray | None) -> _Moments:
+    """Moments of pairs stored as (3, n) C-contiguous arrays (source P, target Q).
+
+    The (3, n) layout keeps every reduction a contiguous BLAS call; (n, 3) arrays make numpy's
+    per-row reductions and broadcasts several times slower.
+    """
+    if weights is None:
+        return _Moments(
+            float(P.shape[1]), P.sum(axis=1), Q.sum(axis=1), float(np.vdot(P, P)), float(np.vdot(Q, Q)), Q @ P.T
+        )
+    Pw = P * weights
+    return _Moments(
+        float(weights.sum()), Pw.sum(axis=1), Q @ weights, float(np.vdot(Pw, P)), float(np.vdot(Q * weights, Q)),
+        Q @ Pw.T,
+    )
+
+
+def _soa(points: np.ndarray) -> np.ndarray:
+    """(n, 3) -> (3, n) C-contiguous float64."""
+    return np.ascontiguousarray(points.T, dtype=np.float64)
+
+
+def _det3(m: np.ndarray) -> float:
+    return float(
+        m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1])
+        - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
+        + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0])
+    )
+
+
+def _fit_from_moments(m: _Moments) -> tuple[Similarity, float]:
+    """Umeyama from moments. Returns the similarity and the weighted mean squared residual (m^2)."""
+    if m.w <= 0:
+        raise DegenerateGeometryError("no correspondence carries weight")
+    mu_x, mu_y = m.sx / m.w, m.sy / m.w
+    cov = m.syx / m.w - np.outer(mu_y, mu_x)  # Sigma_yx (3, 3)
+    var_x = m.sxx / m.w - mu_x @ mu_x
+    var_y = m.syy / m.w - mu_y @ mu_y
+    if not (np.isfinite(cov).all() and var_x > 1e-18):
+        raise DegenerateGeometryError("source points coincide (zero variance)")
+    U, D, Vt = np.linalg.svd(cov)
+    if D[0] <= 0 or D[1] <= _COLLINEAR_RTOL * D[0]:
+        raise DegenerateGeometryError("correspondences are collinear: rotation about their line is undetermined")
+    d = 1.0 if _det3(U) * _det3(Vt) > 0 else -1.0
+    U[:, 2] *= d
+    R = U @ Vt
+    trace = D[0] + D[1] + d * D[2]
+    scale = trace / var_x
+    if not scale > 0:
+        raise DegenerateGeometryError(f"non-positive scale {scale:g}")
+    mse = max(var_y - scale * trace, 0.0)  # Umeyama's closed-form minimum of the mean squared error
+    return Similarity(float(scale), R, mu_y - scale * (R @ mu_x)), float(mse)
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> Similarity:
+    """Weighted least-squares similarity (Umeyama 1991) with the reflection fix.
+
+    Args:
+        src: (n, 3) source points (canonical units).
+        dst: (n, 3) target points (metres).
+        weights: optional (n,) non-negative weights.
+    Returns:
+        ``Similarity`` with det R = +1 and scale > 0.
+    Raises:
+        DegenerateGeometryError: fewer than 3 pairs, coincident or collinear points.
+        InvalidInputError: wrong shapes, dtypes or non-finite values.
+    """
+    src, dst, weights = _check_pairs(src, dst, weights)
+    return _fit_from_moments(_moments(_soa(src), _soa(dst), weights))[0]
+
+
+def _residual_sq(P: np.ndarray, Q: np.ndarray, model: Similarity) -> np.ndarray:
+    """(n,) squared residuals ``|scale R p + t - q|^2`` for (3, n) arrays P, Q."""
+    e = (model.scale * model.R) @ P
+    e += model.t[:, None]
+    e -= Q
+    e *= e
+    return e[0] + e[1] + e[2]
+
+
+def _batched_minimal_fits(
+    P: np.ndarray, Q: np.ndarray, min_sin: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Similarities from B minimal samples.
+
+    Args:
+        P, Q: (B, 3, 3) source and target triplets (sample, point, xyz).
+        min_sin: samples whose triangle (in either set) has sin(angle) below this are degenerate.
+    Returns:
+        scale (B,), R (B, 3, 3), t (B, 3), ok (B,) bool.
+    """
+    mp, mq = P.mean(axis=1), Q.mean(axis=1)
+    Pc, Qc = P - mp[:, None], Q - mq[:, None]
+    ok = np.ones(len(P), bool)
+    for X in (P, Q):
+        e1, e2 = X[:, 1] - X[:, 0], X[:, 2] - X[:, 0]
+        n1, n2 = np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)
+        cross = np.linalg.norm(np.cross(e1, e2), axis=1)
+        ok &= cross > min_sin * n1 * n2 + 1e-15
+    cov = np.einsum("bki,bkj->bij", Qc, Pc)
+    var = np.einsum("bki,bki->b", Pc, Pc)
+    U, D, Vt = np.linalg.svd(cov)
+    d = np.where(np.linalg.det(U) * np.linalg.det(Vt) > 0, 1.0, -1.0)
+    U[:, :, 2] *= d[:, None]
+    R = U @ Vt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = (D[:, 0] + D[:, 1] + d * D[:, 2]) / var
+    ok &= np.isfinite(scale) & (scale > 0)
+    t = mq - scale[:, None] * np.einsum("bij,bj->bi", R, mp)
+    return scale, R, t, ok
+
+
+def ransac_umeyama(
+    src: np.ndarray,
+    dst: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    threshold_m: float = 0.02,
+    max_hypotheses: int = 1000,
+    batch_size: int = 64,
+    confidence: float = 0.999,
+    early_stop_inlier_ratio: float = 0.9,
+    score_points: int = 512,
+    refine_iterations: int = 3,
+    min_inliers: int = 3,
+    min_sin: float = 0.05,
+    seed: int | None = 0,
+) -> SolverResult:
+    """Robust similarity: RANSAC over batched minimal Umeyama fits, then a weighted refit on inliers.
+
+    Args:
+        src: (n, 3) canonical points. dst: (n, 3) camera points in metres. weights: optional (n,).
+        threshold_m: a pair is an inlier when its residual is below this (metres).
+        max_hypotheses: upper bound on random hypotheses.
+        batch_size: hypotheses solved and scored together.
+        confidence: stop when this probability of having drawn an all-inlier sample is reached.
+        early_stop_inlier_ratio: accept as soon as a hypothesis explains this fraction of the scored pairs
+            (the least-squares fit on all pairs is tried first).
+        score_points: hypotheses are scored on this many randomly chosen pairs (all pairs if fewer).
+        refine_iterations: after a random hypothesis wins, extra rounds of (re-classify all pairs with the
+            refitted model -> refit), stopping early when the inlier set no longer changes. (An accepted
+            least-squares hypothesis is refitted once, without outliers, and not re-classified.)
+        min_inliers: fewer inliers than this raise ``DegenerateGeometryError``.
+        min_sin: minimal samples with a triangle angle sine below this are skipped as degenerate.
+        seed: RNG seed (``None``: nondeterministic).
+    Returns:
+        ``SolverResult``; ``inliers`` are the pairs the final model was fitted on and ``rms_m`` their
+        (weighted) RMS residual under the final model.
+    Raises:
+        DegenerateGeometryError: too few pairs or inliers, or only degenerate (collinear) samples.
+        InvalidInputError: wrong shapes, dtypes, non-finite values or parameters.
+    """
+    src, dst, weights = _check_pairs(src, dst, weights)
+    if not (threshold_m > 0 and 0 < confidence < 1 and batch_size >= 1 and score_points >= 3):
+        raise InvalidInputError(
+            f"bad RANSAC parameters: threshold_m={threshold_m}, confidence={confidence}, "
+            f"batch_size={batch_size}, score_points={score_points}"
+        )
+    n = len(src)
+    thr2 = threshold_m * threshold_m
+    rng = np.random.default_rng(seed)
+    need = max(3, min_inliers)
+
+    # Hypothesis 0: least squares on all pairs (what the reference effectively returns).
+    best: Similarity | None = None
+    inliers: np.ndarray | None = None
+    hypotheses = 0
+    P, Q = _soa(src), _soa(dst)
+    total = _moments(P, Q, weights)
+    try:
+        best = _fit_from_moments(total)[0]
+        hypotheses = 1
+        inliers = _residual_sq(P, Q, best) < thr2
+    except DegenerateGeometryError:
+        pass  # e.g. collinear overall: the minimal samples below then fail the same way
+    accepted = inliers is not None and np.count_nonzero(inliers) >= early_stop_inlier_ratio * n
+
+    if not accepted:
+        sub = np.arange(n) if n <= score_points else rng.integers(0, n, score_points)
+        src_s, dst_s = src[sub], dst[sub]
+        w_s = None if weights is None else weights[sub]
+        best_score = -1.0
+        if best is not None:
+            inl = _residual_sq(P[:, sub], Q[:, sub], best) < thr2
+            best_score = float(inl.sum()) if w_s is None else float(w_s[inl].sum())
+        needed, drawn, any_ok = max_hypotheses, 0, False
+        while drawn < min(needed, max_hypotheses):
+            b = min(batch_size, max_hypotheses - drawn)
+            idx = rng.integers(0, n, (b, 3))
+            scale, R, t, ok = _batched_minimal_fits(src[idx], dst[idx], min_sin)
+            drawn += b
+            if not ok.any():
+                continue
+            any_ok = True
+            scale, R, t = scale[ok], R[ok], t[ok]
+            hypotheses += len(scale)
+            # residuals of every hypothesis on the scoring subset: (h, m)
+            pred = np.einsum("mj,hij->hmi", src_s, R * scale[:, None, None]) + t[:, None]
+            pred -= dst_s
+            inl = np.einsum("hmi,hmi->hm", pred, pred) < thr2
+            score = inl.sum(axis=1).astype(float) if w_s is None else inl @ w_s
+            k = int(np.argmax(score))
+            if score[k] > best_score:
+                best_score = float(score[k])
+                best = Similarity(float(scale[k]), R[k], t[k])
+                ratio = float(inl[k].mean())
+                if ratio >= early_stop_inlier_ratio:
+                    break
+                w3 = ratio**3
+                if w3 > 0:
+                    needed = int(np.ceil(np.log(1.0 - confidence) / np.log1p(-min(w3, 1 - 1e-12))))
+        if best is None:
+            why = "all minimal samples are degenerate (collinear or duplicate points)" if not any_ok else "no fit"
+            raise DegenerateGeometryError(f"RANSAC found no valid hypothesis: {why}")
+        inliers = _residual_sq(P, Q, best) < thr2
+
+    # Weighted refit on the winner's inliers. When most pairs are inliers, the moments of the inliers are
+    # those of all pairs minus those of the (few) outliers: no pass over the inliers is needed.
+    rounds = 1 if accepted else 1 + max(0, refine_iterations)
+    for it in range(rounds):
+        count = int(np.count_nonzero(inliers))
+        if count < need:
+            raise DegenerateGeometryError(
+                f"only {count} of {n} correspondences within {threshold_m * 100:.1f} cm of the best fit (need {need})"
+            )
+        if count == n:
+            m = total
+        elif 2 * count >= n:
+            out = ~inliers
+            m = total - _moments(P[:, out], Q[:, out], None if weights is None else weights[out])
+        else:
+            m = _moments(P[:, inliers], Q[:, inliers], None if weights is None else weights[inliers])
+        best, mse = _fit_from_moments(m)
+        if it == rounds - 1:
+            break
+        new_inliers = _residual_sq(P, Q, best) < thr2
+        if np.array_equal(new_inliers, inliers):
+            break
+        inliers = new_inliers
+    return SolverResult(best.scale, best.R, best.t, inliers, float(np.sqrt(mse)), float(inliers.mean()), hypotheses)

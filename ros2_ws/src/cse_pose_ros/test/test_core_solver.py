@@ -1,0 +1,274 @@
+"""Core: Umeyama, RANSAC, correspondence selection, published pose, metrics."""
+
+import numpy as np
+import pytest
+
+from cse_pose_ros.core import camera, crop, priors
+from cse_pose_ros.core.correspondence import confidence_threshold, select_correspondences, upsample_grid
+from cse_pose_ros.core.errors import (
+    DegenerateGeometryError,
+    EmptyMaskError,
+    InvalidDepthError,
+    InvalidInputError,
+    PoseError,
+)
+from cse_pose_ros.core.metrics import (
+    POSE_THRESHOLDS,
+    PoseErrors,
+    evaluate_pose,
+    iou_3d,
+    rotation_about_axis,
+    rotation_error_deg,
+    summarize,
+    symmetric_iou,
+    translation_error_cm,
+)
+from cse_pose_ros.core.pose import pose_from_similarity, quality_score
+from cse_pose_ros.core.solver import SolverResult, ransac_umeyama, umeyama
+
+
+def random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q @ np.diag(np.sign(np.diag(r)))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def similarity_problem(rng, n, noise_m=0.0, outlier_ratio=0.0):
+    R = random_rotation(rng)
+    s = rng.uniform(0.05, 0.2)
+    t = np.array([0.05, -0.02, rng.uniform(0.4, 1.0)])
+    src = rng.uniform(-1, 1, (n, 3))
+    dst = s * src @ R.T + t + rng.normal(0, noise_m, (n, 3)) if noise_m else s * src @ R.T + t
+    k = int(outlier_ratio * n)
+    bad = rng.choice(n, k, replace=False)
+    dst[bad] = dst[rng.integers(0, n, k)] + rng.normal(0, noise_m or 1e-3, (k, 3))  # wrong matches on the object
+    return src, dst, (s, R, t), bad
+
+
+# ---------------------------------------------------------------- solver
+def test_umeyama_recovers_exact_similarity():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        src, dst, (s, R, t), _ = similarity_problem(rng, 100)
+        est = umeyama(src, dst)
+        assert rotation_error_deg(est.R, R) < 1e-6
+        assert abs(est.scale - s) < 1e-9 and np.abs(est.t - t).max() < 1e-9
+        assert np.isclose(np.linalg.det(est.R), 1.0)
+
+
+def test_umeyama_reflection_fix_and_weights():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(-1, 1, (50, 3))
+    mirrored = src * np.array([1, 1, -1])  # best orthogonal map is a reflection: must stay a rotation
+    est = umeyama(src, mirrored)
+    assert np.isclose(np.linalg.det(est.R), 1.0)
+    # Zero weights ignore pairs completely.
+    src, dst, (s, R, t), _ = similarity_problem(rng, 60)
+    dst[:10] += 5.0
+    w = np.ones(60)
+    w[:10] = 0
+    est = umeyama(src, dst, w)
+    assert rotation_error_deg(est.R, R) < 1e-6 and abs(est.scale - s) < 1e-9
+
+
+def test_ransac_rejects_half_gross_outliers():
+    rng = np.random.default_rng(2)
+    src, dst, (s, R, t), bad = similarity_problem(rng, 2000, noise_m=0.005, outlier_ratio=0.5)
+    res = ransac_umeyama(src, dst, threshold_m=0.015, seed=0)
+    assert rotation_error_deg(res.R, R) < 0.5
+    assert abs(res.scale / s - 1) < 0.01
+    assert np.linalg.norm(res.t - t) < 0.002
+    good = np.ones(2000, bool)
+    good[bad] = False
+    assert res.inliers[good].mean() > 0.9 and res.inliers[bad].mean() < 0.1
+    plain = umeyama(src, dst)
+    assert abs(plain.scale / s - 1) > 0.2, "the outliers really do break plain least squares"
+
+
+def test_ransac_is_seeded_and_fast_path_matches_umeyama():
+    rng = np.random.default_rng(3)
+    src, dst, _, _ = similarity_problem(rng, 3000, noise_m=0.005, outlier_ratio=0.4)
+    a = ransac_umeyama(src, dst, threshold_m=0.015, seed=7)
+    b = ransac_umeyama(src, dst, threshold_m=0.015, seed=7)
+    np.testing.assert_array_equal(a.R, b.R)
+    np.testing.assert_array_equal(a.inliers, b.inliers)
+    src, dst, _, _ = similarity_problem(rng, 500, noise_m=0.001)
+    res = ransac_umeyama(src, dst, threshold_m=0.01)
+    assert res.hypotheses == 1 and res.inliers.all()
+    ref = umeyama(src, dst)
+    np.testing.assert_allclose(res.R, ref.R, atol=1e-12)
+    assert res.rms_m == pytest.approx(np.sqrt(np.mean(np.sum((ref.apply(src) - dst) ** 2, 1))), rel=1e-6)
+
+
+def test_solver_bad_inputs():
+    rng = np.random.default_rng(4)
+    with pytest.raises(DegenerateGeometryError, match="at least 3"):
+        umeyama(np.zeros((2, 3)), np.zeros((2, 3)))
+    line = np.outer(np.linspace(-1, 1, 50), [1.0, 2.0, 3.0])
+    with pytest.raises(DegenerateGeometryError, match="collinear"):
+        umeyama(line, line * 0.1)
+    with pytest.raises(DegenerateGeometryError, match="degenerate|collinear"):
+        ransac_umeyama(line, line * 0.1 + 0.5, threshold_m=0.01)
+    with pytest.raises(DegenerateGeometryError):
+        umeyama(np.ones((10, 3)), rng.normal(size=(10, 3)))  # duplicate source points
+    with pytest.raises(InvalidInputError, match="NaN"):
+        umeyama(np.full((5, 3), np.nan), np.zeros((5, 3)))
+    with pytest.raises(InvalidInputError, match=r"\(n, 3\)"):
+        ransac_umeyama(np.zeros((5, 2)), np.zeros((5, 2)))
+    with pytest.raises(InvalidInputError, match="numeric"):
+        umeyama(np.array([["a"] * 3] * 4), np.zeros((4, 3)))
+    src, dst, _, _ = similarity_problem(rng, 100)
+    with pytest.raises(DegenerateGeometryError, match="within"):
+        ransac_umeyama(src, rng.normal(size=(100, 3)), threshold_m=1e-4, min_inliers=20, max_hypotheses=64)
+    with pytest.raises(InvalidInputError, match="RANSAC parameters"):
+        ransac_umeyama(src, dst, threshold_m=-1)
+
+
+# ---------------------------------------------------------------- correspondence + pose (end to end)
+def _rendered_box_scene(R, t, half_extent_m, size=128, grid=32):
+    """Exact depth + canonical coordinates of a box seen by K (ray casting), cropped like the node does."""
+    H, W = 480, 640
+    v, u = np.mgrid[0:H, 0:W]
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, float)], -1)
+    o = -R.T @ t  # camera centre in the object frame
+    d = rays @ R  # ray directions in the object frame
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = (-half_extent_m - o) / d
+        t2 = (half_extent_m - o) / d
+    tmin = np.nanmax(np.minimum(t1, t2), -1)
+    tmax = np.nanmin(np.maximum(t1, t2), -1)
+    hit = (tmax >= tmin) & (tmin > 0)
+    depth = np.where(hit, tmin, 0.0).astype(np.float32)  # ray z component is 1: lambda = depth
+    p_obj = o + tmin[..., None] * d
+    mask = hit
+    box = crop.crop_box_from_mask(mask, size)
+    canon = p_obj / np.abs(half_extent_m).max()  # canonical units: max |coord| = 1
+    match_full = crop.crop_image(np.where(hit[..., None], canon, 0), box, "nearest")
+    match = match_full[:: size // grid, :: size // grid]  # cell's top-left pixel ~ cell
+    return box, mask, depth, match, np.abs(half_extent_m).max()
+
+
+K = np.array([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
+
+
+def test_select_solve_pose_recovers_box_pose():
+    R = rotation_about_axis([0.3, 1.0, 0.2], 0.8)
+    t = np.array([0.03, -0.02, 0.6])
+    half = np.array([0.05, 0.08, 0.04])
+    box, mask, depth, match, unit = _rendered_box_scene(R, t, half)
+    conf = np.ones((32, 32))
+    corr = select_correspondences(
+        match, conf, crop.crop_image(mask, box, "nearest"), crop.crop_image(depth, box, "nearest"), box, K
+    )
+    assert len(corr.src) > 500 and corr.threshold == 0.5
+    res = ransac_umeyama(corr.src, corr.dst, corr.weights, threshold_m=0.01)
+    verts = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half / unit
+    pose = pose_from_similarity(res, verts, np.eye(3), corr.mean_confidence, 0.01)
+    # Cells are sampled at their top-left pixel while pixels lift at their own centre: a few mm of slack.
+    assert rotation_error_deg(pose.R, R) < 3.0
+    assert translation_error_cm(pose.t_m, t) < 1.0
+    np.testing.assert_allclose(pose.size_m, 2 * half, rtol=0.05)
+    assert 0.3 < pose.quality <= 1.0
+    assert np.isclose(np.linalg.det(pose.R), 1.0)
+    np.testing.assert_allclose(pose.T_cam_obj[:3, 3], pose.t_m)
+    assert pose.corners().shape == (8, 3) and pose.covariance().shape == (6, 6)
+
+
+def test_pose_uses_box_centre_and_base_rotation():
+    # Canonical frame rotated 90 deg about y w.r.t. the published one; mesh off-centre in canonical units.
+    B = rotation_about_axis([0, 1, 0], np.pi / 2)
+    verts = np.array([[0, 0, 0], [2, 1, 0.5]], float)
+    res = SolverResult(0.1, np.eye(3), np.array([0, 0, 1.0]), np.ones(10, bool), 0.002, 1.0, 1)
+    pose = pose_from_similarity(res, verts, B, 0.8, 0.01)
+    np.testing.assert_allclose(pose.t_m, [0.1, 0.05, 1.025])  # box centre (1, .5, .25) * s + t
+    np.testing.assert_allclose(pose.R, B.T, atol=1e-12)
+    np.testing.assert_allclose(np.sort(pose.size_m), np.sort([0.2, 0.1, 0.05]))
+    assert quality_score(1.0, 0.002, 0.01, 0.8) == pytest.approx(0.8 * 0.8)
+    with pytest.raises(InvalidInputError, match="proper rotation"):
+        pose_from_similarity(res, verts, np.diag([1.0, -1.0, 1.0]), 0.8, 0.01)
+
+
+def test_selection_bad_inputs():
+    box = crop.CropBox(50, 50, 20, 20, 16)
+    match = np.zeros((8, 8, 3))
+    conf = np.ones((8, 8))
+    full = np.ones((16, 16), bool)
+    with pytest.raises(EmptyMaskError):
+        select_correspondences(match, conf, np.zeros((16, 16)), np.ones((16, 16)), box, K)
+    with pytest.raises(InvalidDepthError, match="no valid depth"):
+        select_correspondences(match, conf, full, np.zeros((16, 16)), box, K)
+    with pytest.raises(InvalidInputError, match="match"):
+        select_correspondences(np.zeros((8, 8)), conf, full, np.ones((16, 16)), box, K)
+    with pytest.raises(InvalidInputError, match="crops"):
+        select_correspondences(match, conf, np.ones((4, 4)), np.ones((16, 16)), box, K)
+    tiny = np.zeros((16, 16), bool)
+    tiny[3, 3] = True
+    with pytest.raises(DegenerateGeometryError, match="confident"):
+        select_correspondences(match, conf, tiny, np.ones((16, 16)), box, K)
+    with pytest.raises(EmptyMaskError):
+        confidence_threshold(conf, np.zeros((8, 8)))
+    assert issubclass(DegenerateGeometryError, PoseError)
+
+
+def test_confidence_threshold_and_upsampling_follow_reference():
+    conf = np.full((4, 4), 0.2)
+    mask = np.ones((4, 4), bool)
+    assert confidence_threshold(conf, mask) == pytest.approx(0.2)  # relaxes to the mean below 0.5
+    assert confidence_threshold(conf + 0.7, mask) == 0.5
+    torch = pytest.importorskip("torch", reason="torch's interpolate is the reference")
+    g = np.random.default_rng(5).random((8, 8)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(g)[None, None], size=(32, 32), mode="bilinear")
+    np.testing.assert_allclose(upsample_grid(g, 32, "bilinear"), ref[0, 0].numpy(), atol=1e-6)
+
+
+# ---------------------------------------------------------------- metrics
+def test_iou_known_values():
+    I = np.eye(3)
+    size = np.array([0.2, 0.1, 0.3])
+    assert iou_3d(I, np.zeros(3), size, I, np.zeros(3), size) == pytest.approx(1.0)
+    assert iou_3d(I, np.zeros(3), size, I, np.array([0.1, 0, 0]), size) == pytest.approx(1 / 3)
+    assert iou_3d(I, np.zeros(3), size, I, np.array([1.0, 0, 0]), size) == 0.0
+    # Unit cube vs itself rotated 45 deg about z: intersection is a regular octagon prism, area 2(sqrt2-1).
+    R = rotation_about_axis([0, 0, 1], np.pi / 4)
+    inter = 2 * (np.sqrt(2) - 1)
+    assert iou_3d(I, np.zeros(3), np.ones(3), R, np.zeros(3), np.ones(3)) == pytest.approx(inter / (2 - inter))
+    # A box inside another.
+    assert iou_3d(I, np.zeros(3), np.ones(3), R, np.zeros(3), 0.5 * np.ones(3)) == pytest.approx(0.125)
+
+
+def test_symmetric_iou_finds_the_right_rotation():
+    size = np.array([0.1, 0.2, 0.05])
+    R_gt = rotation_about_axis([1, 0, 0], 0.3)
+    R_pred = rotation_about_axis(R_gt[:, 1], np.deg2rad(60)) @ R_gt  # 60 deg about the symmetry axis
+    t = np.array([0, 0, 0.5])
+    assert iou_3d(R_pred, t, size, R_gt, t, size) < 0.7
+    assert symmetric_iou(R_pred, t, size, R_gt, t, size) == pytest.approx(1.0)
+    assert rotation_error_deg(R_pred, R_gt, symmetric=True) == pytest.approx(0.0, abs=1e-6)
+    assert rotation_error_deg(R_pred, R_gt) == pytest.approx(60.0)
+
+
+def test_evaluate_and_summarize_thresholds():
+    R = np.eye(3)
+    t = np.array([0, 0, 0.5])
+    size = np.array([0.1, 0.1, 0.1])
+    R7 = rotation_about_axis([0, 0, 1], np.deg2rad(7))
+    e = evaluate_pose(R7, t + [0.03, 0, 0], size, R, t, size)
+    assert e.rotation_deg == pytest.approx(7) and e.translation_cm == pytest.approx(3)
+    summary = summarize([e, PoseErrors(1.0, 1.0, 1.0), None, PoseErrors(0.3, 20, 10)])
+    assert summary["5deg2cm"] == 0.25 and summary["10deg5cm"] == 0.5
+    assert summary["IoU25"] == 0.75 and summary["IoU50"] == 0.5
+    assert [n for n, _, _ in POSE_THRESHOLDS] == ["5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm"]
+    with pytest.raises(InvalidInputError):
+        iou_3d(np.eye(2), t, size, R, t, size)
+
+
+def test_decode_then_select_ignores_nan_depth():
+    depth = np.full((16, 16), np.nan, np.float32)
+    depth[:8] = 0.7
+    d = camera.decode_depth(depth, "32FC1")
+    box = crop.CropBox(8, 8, 8, 8, 16)
+    match = np.random.default_rng(6).normal(size=(8, 8, 3))
+    corr = select_correspondences(match, np.ones((8, 8)), np.ones((16, 16)), crop.crop_image(d, box, "nearest"), box, K)
+    assert np.isfinite(corr.dst).all() and np.allclose(corr.dst[:, 2], 0.7)
+    assert len(corr.src) == 8 * 16
+    assert priors.CATEGORIES  # the category list is importable beside the selection
