@@ -1,0 +1,209 @@
+"""Export of the CSE inference graph to ONNX (the model contract, DESIGN §4) and TorchScript.
+
+Graph: :class:`cse_train.model.ExportWrapper`, inputs ``rgb`` float32 [B,3,S,S] in [0,1] and ``mask``
+float32 [B,1,G,G]; outputs ``vertices`` [B,N,3], ``match`` [B,G,G,3], ``confidence`` [B,G,G]; dynamic
+batch axis ``batch``; opset 17; contract metadata in ``metadata_props`` (all strings). The TorchScript
+file carries the same metadata as one JSON object in its ``metadata.json`` extra file.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from .model import CSENet, ExportWrapper, load_checkpoint
+
+__all__ = [
+    "INPUT_NAMES",
+    "OPSET",
+    "OUTPUT_NAMES",
+    "benchmark_onnx_cpu",
+    "export_from_checkpoint",
+    "export_onnx",
+    "export_torchscript",
+    "example_inputs",
+    "read_onnx_metadata",
+    "read_torchscript_metadata",
+    "verify_onnx",
+]
+
+OPSET = 17
+INPUT_NAMES = ("rgb", "mask")
+OUTPUT_NAMES = ("vertices", "match", "confidence")
+_TS_METADATA_FILE = "metadata.json"
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Temporarily put ``model`` in eval mode; restore the previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def example_inputs(model: CSENet, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rgb [B,3,S,S] in [0,1] and a centred square mask [B,1,G,G] (half the grid side)."""
+    gen = torch.Generator().manual_seed(seed)
+    s, g = model.cfg.crop_size, model.cfg.grid_size
+    rgb = torch.rand(batch, 3, s, s, generator=gen)
+    mask = torch.zeros(batch, 1, g, g)
+    mask[..., g // 4 : 3 * g // 4, g // 4 : 3 * g // 4] = 1.0
+    return rgb, mask
+
+
+def export_onnx(
+    model: CSENet, path: str | Path, training_data: str, version: str, opset: int = OPSET
+) -> Path:
+    """Export ``ExportWrapper(model)`` to ``path`` with the contract metadata; returns the path.
+
+    Uses the TorchScript-based exporter (``dynamo=False``; the dynamo exporter needs onnxscript, which
+    this environment lacks). The graph is traced at batch 2 with a dynamic ``batch`` axis on every
+    input and output, then ``metadata_props`` are written and ``onnx.checker`` is run.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_axes = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        wrapper = ExportWrapper(model).eval()
+        torch.onnx.export(
+            wrapper,
+            example_inputs(model, batch=2),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in model.metadata(training_data, version).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "cse_train"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict of strings (the graph weights are not loaded)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _ort_session(path: str | Path, threads: int | None = None):  # noqa: ANN202 (onnxruntime type)
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def verify_onnx(model: CSENet, path: str | Path, rgb: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Max abs difference per output between onnxruntime (CPU) and the torch ExportWrapper.
+
+    rgb [B,3,S,S], mask [B,1,G,G] -> {"vertices": d, "match": d, "confidence": d}.
+    """
+    with _eval_mode(model), torch.no_grad():
+        ref = ExportWrapper(model).eval()(rgb, mask)
+    sess = _ort_session(path)
+    outs = sess.run(
+        list(OUTPUT_NAMES),
+        {"rgb": rgb.detach().cpu().numpy().astype(np.float32), "mask": mask.detach().cpu().numpy().astype(np.float32)},
+    )
+    return {
+        name: float(np.max(np.abs(o - r.cpu().numpy()))) for name, o, r in zip(OUTPUT_NAMES, outs, ref, strict=True)
+    }
+
+
+def export_torchscript(model: CSENet, path: str | Path, training_data: str = "", version: str = "") -> Path:
+    """``torch.jit.trace`` of ``ExportWrapper(model)`` saved to ``path`` with ``metadata.json`` (the ONNX
+    metadata as one JSON object) in ``_extra_files``, so a runtime can use it without ``cse_train``.
+
+    The trace is taken at batch 2; the graph's reshapes are batch-agnostic, so other batch sizes run.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # torch.jit is deprecated in 2.x
+        wrapper = ExportWrapper(model).eval()
+        traced = torch.jit.trace(wrapper, example_inputs(model, batch=2), check_trace=False)
+        meta = json.dumps(model.metadata(training_data, version))
+        torch.jit.save(traced, str(path), _extra_files={_TS_METADATA_FILE: meta})
+    return path
+
+
+def read_torchscript_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata.json`` extra file of a TorchScript export, decoded."""
+    extra = {_TS_METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[_TS_METADATA_FILE])
+
+
+def export_from_checkpoint(
+    ckpt_path: str | Path,
+    out_path: str | Path,
+    *,
+    training_data: str = "",
+    version: str = "",
+    torchscript_path: str | Path | None = None,
+    verify: bool = True,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Load a :func:`cse_train.model.save_checkpoint` file and export it to ONNX (and TorchScript).
+
+    With ``verify``, onnxruntime is checked against torch on random inputs at batch 2.
+
+    Raises:
+        RuntimeError: verification difference above ``tolerance``.
+    """
+    model, _ = load_checkpoint(ckpt_path)
+    out = export_onnx(model, out_path, training_data=training_data, version=version)
+    if verify:
+        diffs = verify_onnx(model, out, *example_inputs(model, batch=2, seed=1))
+        if max(diffs.values()) > tolerance:
+            raise RuntimeError(f"ONNX export of {ckpt_path} differs from torch: {diffs}")
+    if torchscript_path is not None:
+        export_torchscript(model, torchscript_path, training_data=training_data, version=version)
+    return out
+
+
+def benchmark_onnx_cpu(
+    path: str | Path, batch: int = 1, runs: int = 20, warmup: int = 3, threads: int | None = None, seed: int = 0
+) -> dict[str, float]:
+    """CPU latency of one onnxruntime call on random inputs: median/min/max in ms over ``runs`` calls."""
+    sess = _ort_session(path, threads)
+    meta = read_onnx_metadata(path)
+    s, g = int(meta["crop_size"]), int(meta["grid_size"])
+    rng = np.random.default_rng(seed)
+    feeds = {
+        "rgb": rng.random((batch, 3, s, s), dtype=np.float32),
+        "mask": np.zeros((batch, 1, g, g), dtype=np.float32),
+    }
+    feeds["mask"][..., g // 4 : 3 * g // 4, g // 4 : 3 * g // 4] = 1.0
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}

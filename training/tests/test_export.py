@@ -1,0 +1,217 @@
+"""Tests of the ONNX / TorchScript export (cse_train.export): onnxruntime vs torch, dynamic batch,
+contract metadata, TorchScript parity, export from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cse_train.config import get_config
+from cse_train.export import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    export_from_checkpoint,
+    export_onnx,
+    export_torchscript,
+    read_onnx_metadata,
+    read_torchscript_metadata,
+    verify_onnx,
+)
+from cse_train.model import CSENet, save_checkpoint
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+torch.set_num_threads(2)
+
+TOL = 1e-4
+CONTRACT_KEYS = {
+    "contract",
+    "category",
+    "crop_size",
+    "grid_size",
+    "num_vertices",
+    "tau",
+    "base_rotation",
+    "symmetry",
+    "faces",
+    "training_data",
+    "version",
+}
+
+
+def ellipsoid_prior(rings: int = 14, segments: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Closed UV ellipsoid (semi-axes 0.6, 1, 0.45): vertices (N,3) float32, faces (F,3) int64."""
+    v = [(0.0, 1.0, 0.0)]
+    for r in range(1, rings):
+        phi = np.pi * r / rings
+        v += [(np.sin(phi) * np.cos(t), np.cos(phi), np.sin(phi) * np.sin(t))
+              for t in 2 * np.pi * np.arange(segments) / segments]
+    v.append((0.0, -1.0, 0.0))
+    south = len(v) - 1
+
+    def idx(r: int, s: int) -> int:
+        return 1 + (r - 1) * segments + s % segments
+
+    f = [(0, idx(1, s + 1), idx(1, s)) for s in range(segments)]
+    for r in range(1, rings - 1):
+        for s in range(segments):
+            f += [(idx(r, s), idx(r, s + 1), idx(r + 1, s)), (idx(r, s + 1), idx(r + 1, s + 1), idx(r + 1, s))]
+    f += [(south, idx(rings - 1, s), idx(rings - 1, s + 1)) for s in range(segments)]
+    return np.asarray(v, np.float32) * np.float32([0.6, 1.0, 0.45]), np.asarray(f, np.int64)
+
+
+def disc_crops(batch: int, size: int, grid: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered-looking crops: a shaded, striped disc (the object) on a textured table-like background.
+
+    Returns rgb [B,3,S,S] in [0,1] and the mask on the G grid [B,1,G,G] (top-left sample of each block,
+    as the reference's legacy nearest downsampling).
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    rgbs, masks = [], []
+    for _ in range(batch):
+        cx, cy, r = rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), rng.uniform(0.22, 0.32)
+        bg = np.stack([0.55 + 0.2 * yy, 0.45 + 0.1 * xx, 0.35 + 0.05 * yy], 0)
+        bg += 0.03 * rng.standard_normal((3, size, size)).astype(np.float32)
+        d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / r**2
+        inside = d2 < 1.0
+        nz = np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))
+        shade = 0.25 + 0.75 * np.clip(0.3 * (xx - cx) / r - 0.4 * (yy - cy) / r + 0.85 * nz, 0, 1)
+        color = rng.uniform(0.2, 0.9, 3).astype(np.float32)[:, None, None]
+        stripes = 0.8 + 0.2 * np.sign(np.sin(18.0 * (yy - cy)))
+        obj = color * shade * stripes
+        rgbs.append(np.clip(np.where(inside, obj, bg), 0, 1))
+        stride = size // grid
+        masks.append(inside[::stride, ::stride][None].astype(np.float32))
+    return torch.from_numpy(np.stack(rgbs).astype(np.float32)), torch.from_numpy(np.stack(masks))
+
+
+def random_inputs(batch: int, size: int, grid: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(batch, 3, size, size, generator=gen)
+    mask = (torch.rand(batch, 1, grid, grid, generator=gen) > 0.3).float()
+    mask[0, 0, :, : grid // 2] = 0.0  # one image with a half-empty mask
+    return rgb, mask
+
+
+def build_model(tau: float = 10.0) -> CSENet:
+    torch.manual_seed(0)
+    v, f = ellipsoid_prior()
+    return CSENet(get_config("small", tau=tau), v, f, category="mug", symmetry=None).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model, onnx path, torchscript path) for the small config."""
+    out = tmp_path_factory.mktemp("export")
+    model = build_model()
+    onnx_path = export_onnx(model, out / "mug.onnx", training_data="unit-test synthetic", version="0.0.1-test")
+    ts_path = export_torchscript(model, out / "mug.pt", training_data="unit-test synthetic", version="0.0.1-test")
+    return model, onnx_path, ts_path
+
+
+def _check_diffs(diffs: dict[str, float]) -> None:
+    assert set(diffs) == set(OUTPUT_NAMES)
+    assert all(d <= TOL for d in diffs.values()), diffs
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_matches_torch_random(exported, batch):
+    model, onnx_path, _ = exported
+    _check_diffs(verify_onnx(model, onnx_path, *random_inputs(batch, 128, 32, seed=batch)))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_matches_torch_structured_crop(exported, batch):
+    model, onnx_path, _ = exported
+    rgb, mask = disc_crops(batch, 128, 32, seed=10 + batch)
+    assert 0.1 < mask.mean() < 0.5
+    _check_diffs(verify_onnx(model, onnx_path, rgb, mask))
+
+
+def test_onnx_matches_torch_sharp_softmax(tmp_path):
+    """A sharper temperature (tau = 200) stresses the softmaxes and the nearest-vertex argmin."""
+    model = build_model(tau=200.0)
+    path = export_onnx(model, tmp_path / "sharp.onnx", training_data="t", version="v")
+    rgb, mask = disc_crops(3, 128, 32, seed=3)
+    _check_diffs(verify_onnx(model, path, rgb, mask))
+    assert read_onnx_metadata(path)["tau"] == "200"
+
+
+def test_onnx_graph_signature(exported):
+    _, onnx_path, _ = exported
+    proto = onnx.load(str(onnx_path))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == list(INPUT_NAMES)
+    assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) == 17
+
+
+def test_metadata_props_parse_and_match_outputs(exported):
+    model, onnx_path, _ = exported
+    meta = read_onnx_metadata(onnx_path)
+    assert set(meta) == CONTRACT_KEYS
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["contract"] == "cse_pose/1" and meta["category"] == "mug"
+    assert float(meta["tau"]) == 10.0 and meta["tau"] == "10"
+    assert meta["symmetry"] in ("y", "none")
+    assert meta["training_data"] == "unit-test synthetic" and meta["version"] == "0.0.1-test"
+    base = np.asarray(json.loads(meta["base_rotation"]), dtype=float)
+    assert base.shape == (9,)
+    np.testing.assert_allclose(base.reshape(3, 3), np.eye(3))
+    s, g, n = int(meta["crop_size"]), int(meta["grid_size"]), int(meta["num_vertices"])
+    faces = np.asarray(json.loads(meta["faces"]))
+    assert faces.ndim == 2 and faces.shape[1] == 3 and faces.min() >= 0 and faces.max() == n - 1
+    np.testing.assert_array_equal(faces, model.faces.numpy())
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in sess.get_inputs()}
+    assert shapes["rgb"][1:] == [3, s, s] and shapes["mask"][1:] == [1, g, g]
+    rgb, mask = disc_crops(2, s, g)
+    vertices, match, conf = sess.run(list(OUTPUT_NAMES), {"rgb": rgb.numpy(), "mask": mask.numpy()})
+    assert vertices.shape == (2, n, 3) and match.shape == (2, g, g, 3) and conf.shape == (2, g, g)
+    assert vertices.dtype == match.dtype == conf.dtype == np.float32
+    assert ((conf > 0) & (conf <= 1)).all()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_torchscript_matches_onnx(exported, batch):
+    _, onnx_path, ts_path = exported
+    traced = torch.jit.load(str(ts_path), map_location="cpu")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rgb, mask = disc_crops(batch, 128, 32, seed=20 + batch)
+    with torch.no_grad():
+        ts_out = traced(rgb, mask)
+    onnx_out = sess.run(list(OUTPUT_NAMES), {"rgb": rgb.numpy(), "mask": mask.numpy()})
+    for name, a, b in zip(OUTPUT_NAMES, ts_out, onnx_out, strict=True):
+        assert tuple(a.shape) == b.shape, name
+        assert np.abs(a.numpy() - b).max() <= TOL, name
+    assert read_torchscript_metadata(ts_path) == read_onnx_metadata(onnx_path)
+
+
+def test_export_from_checkpoint(tmp_path):
+    model = build_model()
+    with torch.no_grad():
+        model.mean_v.mul_(1.05)  # a "trained" prior: the export must use the checkpoint's mean_v
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt", model)
+    out = export_from_checkpoint(
+        ckpt, tmp_path / "models" / "mug.onnx", training_data="ckpt", version="1", torchscript_path=tmp_path / "m.pt"
+    )
+    assert out.is_file() and (tmp_path / "m.pt").is_file()
+    assert read_onnx_metadata(out)["version"] == "1"
+    rgb, mask = disc_crops(1, 128, 32, seed=5)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    vertices = sess.run(["vertices"], {"rgb": rgb.numpy(), "mask": mask.numpy()})[0]
+    with torch.no_grad():
+        expected = model.eval()(rgb, mask).vertices.numpy()
+    assert np.abs(vertices - expected).max() <= TOL
+    # a zero-mean deformation keeps the centroid of the (scaled) prior
+    np.testing.assert_allclose(vertices.mean(1)[0], model.mean_v.detach().numpy().mean(0), atol=1e-5)
