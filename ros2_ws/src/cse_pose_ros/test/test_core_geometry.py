@@ -107,6 +107,8 @@ def test_crop_matches_torch_resized_crop_with_padding():
     ref_nn = F.interpolate(t, size=(32, 32), mode="nearest")[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(crop.crop_image(img, box, "bilinear"), ref_bl, atol=1e-6)
     np.testing.assert_array_equal(crop.crop_image(img, box, "nearest"), ref_nn)
+    ref_ne = F.interpolate(t, size=(32, 32), mode="nearest-exact")[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(crop.crop_image(img, box, "nearest-exact"), ref_ne)
     m = rng.random((32, 32)) > 0.5
     ref_m = F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(8, 8), mode="nearest")
     np.testing.assert_array_equal(crop.downsample_mask(m, 8), ref_m[0, 0].numpy() > 0)

@@ -96,9 +96,14 @@ def _bilinear_taps(start: int, half: int, size: int, limit: int) -> tuple[np.nda
     return np.clip(idx, 0, limit - 1), np.where(inside, w, 0.0).astype(np.float32)
 
 
-def _nearest_taps(start: int, half: int, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Legacy-nearest source indices (size,) and an inside-the-image flag (size,)."""
-    idx = np.minimum(np.floor(np.arange(size) * (2.0 * half / size)).astype(np.int64), 2 * half - 1) + start
+def _nearest_taps(start: int, half: int, size: int, limit: int, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest source indices (size,) and an inside-the-image flag (size,).
+
+    ``offset`` 0: PyTorch legacy ``nearest`` (``floor(u * scale)``); 0.5: ``nearest-exact``
+    (``floor((u + 0.5) * scale)``, the pixel under the point the bilinear resampling reads).
+    """
+    idx = np.floor((np.arange(size) + offset) * (2.0 * half / size)).astype(np.int64)
+    idx = np.minimum(idx, 2 * half - 1) + start
     inside = (idx >= 0) & (idx < limit)
     return np.clip(idx, 0, limit - 1), inside
 
@@ -109,7 +114,9 @@ def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear")
     Args:
         image: (H, W) or (H, W, C) array.
         box: the crop.
-        interpolation: ``'bilinear'`` (returns float32) or ``'nearest'`` (keeps the dtype).
+        interpolation: ``'bilinear'`` (returns float32), ``'nearest'`` (PyTorch legacy nearest, as the
+            reference crops mask and depth) or ``'nearest-exact'`` (pixel-centre aligned nearest: samples the
+            pixel under the point ``'bilinear'`` reads). Both nearest modes keep the dtype.
     Returns:
         (S, S) or (S, S, C) crop.
     """
@@ -118,9 +125,10 @@ def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear")
         raise InvalidInputError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
     H, W = image.shape[:2]
     S = box.size
-    if interpolation == "nearest":
-        r, r_in = _nearest_taps(box.y0, box.half_y, S, H)
-        c, c_in = _nearest_taps(box.x0, box.half_x, S, W)
+    if interpolation in ("nearest", "nearest-exact"):
+        offset = 0.0 if interpolation == "nearest" else 0.5
+        r, r_in = _nearest_taps(box.y0, box.half_y, S, H, offset)
+        c, c_in = _nearest_taps(box.x0, box.half_x, S, W, offset)
         out = image[r[:, None], c[None, :]]
         valid = r_in[:, None] & c_in[None, :]
         if not valid.all():
@@ -128,7 +136,9 @@ def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear")
             out[~valid] = 0
         return out
     if interpolation != "bilinear":
-        raise InvalidInputError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+        raise InvalidInputError(
+            f"interpolation must be 'bilinear', 'nearest' or 'nearest-exact', got {interpolation!r}"
+        )
     r, wr = _bilinear_taps(box.y0, box.half_y, S, H)
     c, wc = _bilinear_taps(box.x0, box.half_x, S, W)
     img = image.astype(np.float32, copy=False)
