@@ -1,0 +1,154 @@
+"""Choosing a runtime and loading models: :func:`load_model`, :func:`find_models`, :func:`load_models`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .backend import InferenceBackend
+from .model_info import ModelError, ProviderError, check_outputs
+from .onnx_backend import PROVIDERS, OnnxOptions, available_providers, open_onnx
+from .torch_backend import open_torch
+
+LOG = logging.getLogger(__name__)
+
+#: Values accepted for ``backend``.
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "cuda", "cpu", "torch")
+#: Order in which ``auto`` tries onnxruntime providers.
+AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+
+
+def auto_candidates(providers: list[str] | None = None) -> list[str]:
+    """Backends ``auto`` will try, best first, given onnxruntime's ``get_available_providers()``."""
+    providers = available_providers() if providers is None else providers
+    return [b for b in AUTO_ORDER if PROVIDERS[b] in providers]
+
+
+def warm_up(backend: InferenceBackend) -> None:
+    """One zero-input call (builds TensorRT engines, allocates buffers) and a check of the output shapes.
+
+    Raises:
+        ProviderError: the runtime failed while running the graph (the file may still be fine elsewhere).
+        ModelError: the outputs do not have the contract's shapes.
+    """
+    info = backend.info
+    s, g = info.crop_size, info.grid_size
+    try:
+        outs = backend.run(np.zeros((1, 3, s, s), np.float32), np.ones((1, 1, g, g), np.float32))
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - runtimes raise their own exception types
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProviderError(info.path, f"first run on {backend.name} failed ({text})") from exc
+    check_outputs(info.path, info, 1, outs)
+
+
+def load_model(
+    path: str | Path,
+    backend: str = "auto",
+    device_id: int = 0,
+    *,
+    intra_op_threads: int = 0,
+    fp16: bool = True,
+    max_batch: int = 8,
+    io_binding: bool | None = None,
+    trt_cache_dir: str | None = None,
+    warmup: bool = True,
+) -> InferenceBackend:
+    """Load one model file behind :class:`InferenceBackend`.
+
+    Args:
+        path: ``<category>.onnx`` (for ``backend="torch"`` the sibling ``<category>.pt`` is loaded).
+        backend: ``auto`` (TensorRT EP -> CUDA EP -> CPU EP, by ``get_available_providers()``),
+            ``tensorrt``, ``cuda``, ``cpu`` or ``torch``.
+        device_id: GPU index for the GPU backends.
+        intra_op_threads: onnxruntime CPU threads per operator (0 = default).
+        fp16, max_batch, trt_cache_dir: TensorRT engine precision, profile batch and cache root.
+        io_binding: reuse pre-allocated output buffers via IOBinding (default: off, see ``OnnxOptions``).
+        warmup: run once on zeros so engine builds and shape errors happen at load, not on the first frame.
+    Raises:
+        ModelError: message names the file and what is wrong.
+    """
+    if backend not in BACKENDS:
+        raise ModelError(path, f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    options = OnnxOptions(
+        intra_op_threads=intra_op_threads,
+        fp16=fp16,
+        max_batch=max_batch,
+        io_binding=io_binding,
+        trt_cache_dir=trt_cache_dir,
+    )
+    if backend == "torch":
+        model: InferenceBackend = open_torch(path, device_id)
+    elif backend != "auto":
+        model = open_onnx(path, backend, device_id, options)
+    else:
+        candidates = auto_candidates()
+        if not candidates:
+            raise ModelError(path, f"onnxruntime offers no usable provider ({available_providers()})")
+        failures: list[str] = []
+        for name in candidates:
+            try:
+                model = open_onnx(path, name, device_id, options)
+            except ProviderError as exc:
+                failures.append(f"{name}: {exc.problem}")
+                continue
+            if warmup:
+                try:
+                    warm_up(model)
+                except ProviderError as exc:
+                    if name == "cpu":
+                        raise
+                    failures.append(f"{name}: {exc.problem}")
+                    continue
+            if failures:
+                LOG.warning("%s: using %s after: %s", path, name, "; ".join(failures))
+            return model
+        raise ModelError(path, "no onnxruntime provider could run it: " + "; ".join(failures))
+    if warmup:
+        warm_up(model)
+    return model
+
+
+def find_models(model_dir: str | Path, suffix: str = ".onnx") -> dict[str, Path]:
+    """Map category -> model file for every ``<category><suffix>`` in ``model_dir`` (DESIGN section 4).
+
+    The file name gives the category; the metadata inside stays authoritative (:func:`load_models`
+    checks that both agree).
+
+    Raises:
+        ModelError: the folder does not exist.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(model_dir, "model folder does not exist")
+    return {p.stem: p for p in sorted(model_dir.glob(f"*{suffix}")) if p.is_file()}
+
+
+def load_models(
+    model_dir: str | Path,
+    categories: list[str] | None = None,
+    backend: str = "auto",
+    device_id: int = 0,
+    **kwargs: object,
+) -> dict[str, InferenceBackend]:
+    """Load the models of ``categories`` (default: all found) from ``model_dir``.
+
+    Raises:
+        ModelError: a requested category has no file, or a file's metadata names another category.
+    """
+    found = find_models(model_dir)
+    wanted = list(found) if categories is None else list(categories)
+    models: dict[str, InferenceBackend] = {}
+    for category in wanted:
+        if category not in found:
+            raise ModelError(Path(model_dir) / f"{category}.onnx", f"no model for category {category!r}")
+        model = load_model(found[category], backend, device_id, **kwargs)  # type: ignore[arg-type]
+        if model.info.category != category:
+            raise ModelError(
+                found[category], f"file name says {category!r} but metadata says {model.info.category!r}"
+            )
+        models[category] = model
+    return models
