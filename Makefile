@@ -19,6 +19,9 @@ test: $(VENV)/.stamp  ## the whole pytest suite (ROS-free core, training, node o
 lint: $(VENV)/.stamp  ## ruff
 	$(VENV)/bin/ruff check .
 
+demo: $(VENV)/.stamp  ## synthetic camera + pose node over DDS; per-frame errors, annotated PNG (DEMO_ARGS=...)
+	bash scripts/demo.sh $(DEMO_ARGS)
+
 bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d RANSAC
 	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench_solver.py
 

@@ -1,0 +1,7 @@
+"""``python -m cse_pose_ros [--ros-args ...]``: run cse_pose_node (same as the ``cse_pose_node`` entry point)."""
+
+import sys
+
+from .node import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Parameters: one declaration, config/pose.yaml in step with it, ranges, validation, runtime changes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cse_pose_ros.params import (
+    PARAM_NAMES,
+    PARAMS,
+    NodeParams,
+    apply_changes,
+    declare_parameters,
+    parse_class_map,
+    validate,
+)
+
+PKG = Path(__file__).resolve().parents[1]
+DOMAIN_ID = 2 + os.getpid() % 30  # in-process nodes still talk DDS: their own domain (DDS tests use 32..91)
+
+
+def _yaml_params() -> dict:
+    data = yaml.safe_load((PKG / "config" / "pose.yaml").read_text())
+    return data["cse_pose_node"]["ros__parameters"]
+
+
+def test_names_unique_and_snapshot_fields_match():
+    assert len(PARAM_NAMES) == len(set(PARAM_NAMES))
+    assert [f.name for f in fields(NodeParams)] == list(PARAM_NAMES)
+    assert all(p.description.strip() for p in PARAMS)
+
+
+def test_pose_yaml_keys_and_values_equal_declared_defaults():
+    values = _yaml_params()
+    assert list(values) == list(PARAM_NAMES)
+    for p in PARAMS:
+        assert values[p.name] == p.default and type(values[p.name]) is type(p.default), p.name
+
+
+def test_defaults_are_valid_and_inside_their_ranges():
+    assert validate(NodeParams.defaults()) == []
+    for p in PARAMS:
+        if p.low is not None:
+            assert p.low <= p.default <= p.high, p.name
+
+
+def test_validation_catches_cross_parameter_and_choice_errors():
+    d = NodeParams.defaults()
+    assert any("min_depth_m" in e for e in validate(d.replace({"min_depth_m": 6.0})))
+    assert any("backend" in e for e in validate(d.replace({"backend": "gpu"})))
+    assert any("class_map" in e for e in validate(d.replace({"class_map": "1:mug,x:bowl"})))
+    assert any("ransac_iterations" in e for e in validate(d.replace({"ransac_iterations": 0})))
+    with pytest.raises(ValueError):
+        d.replace({"refine": 1})  # not a bool
+    with pytest.raises(ValueError):
+        d.replace({"nope": 1})
+    assert d.replace({"min_depth_m": 1}).min_depth_m == 1.0  # int accepted for a double
+
+
+def test_class_map_parsing():
+    assert parse_class_map(" 1:mug, 2 : bottle ,") == {1: "mug", 2: "bottle"}
+    assert parse_class_map("") == {}
+    for bad in ("1", "0:mug", "1:mug,1:can", "a:mug", "1:"):
+        with pytest.raises(ValueError):
+            parse_class_map(bad)
+
+
+def test_model_path_list():
+    assert NodeParams.defaults().replace({"model_paths": " a.onnx, ,b.onnx"}).model_path_list() == ["a.onnx",
+                                                                                                    "b.onnx"]
+
+
+class _Change:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+
+def test_apply_changes_refuses_read_only_and_inconsistent_values():
+    d = NodeParams.defaults()
+    new, why = apply_changes(d, [_Change("min_quality", 0.5), _Change("smoothing_alpha", 0.3)])
+    assert why == "" and new.min_quality == 0.5 and new.smoothing_alpha == 0.3
+    new, why = apply_changes(d, [_Change("model_dir", "/x")])
+    assert new is None and "read-only" in why
+    new, why = apply_changes(d, [_Change("min_depth_m", 9.0)])
+    assert new is None and "max_depth_m" in why
+
+
+@pytest.fixture()
+def rcl_context():
+    rclpy = pytest.importorskip("rclpy")
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
+    yield ctx
+    ctx.try_shutdown()
+
+
+def test_declared_descriptors_carry_ranges_and_ros_enforces_them(rcl_context):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    node = Node("param_probe", context=rcl_context,
+                parameter_overrides=[Parameter("min_quality", value=0.4)])
+    try:
+        params = declare_parameters(node)
+        assert params.min_quality == 0.4 and params.backend == "auto"
+        desc = node.describe_parameter("ransac_threshold_m")
+        assert desc.description and desc.floating_point_range[0].to_value == 0.5
+        assert node.describe_parameter("ransac_iterations").integer_range[0].from_value == 1
+        assert node.describe_parameter("backend").read_only
+        results = node.set_parameters([Parameter("min_quality", value=1.5),
+                                       Parameter("backend", value="cpu"),
+                                       Parameter("min_inliers", value=50)])
+        assert [r.successful for r in results] == [False, False, True]
+    finally:
+        node.destroy_node()
+
+
+def test_declare_rejects_invalid_start_values(rcl_context):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    node = Node("param_probe_bad", context=rcl_context,
+                parameter_overrides=[Parameter("min_depth_m", value=3.0), Parameter("max_depth_m", value=2.0)])
+    try:
+        with pytest.raises(ValueError, match="min_depth_m"):
+            declare_parameters(node)
+    finally:
+        node.destroy_node()
