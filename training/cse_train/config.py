@@ -4,7 +4,9 @@ Every size here comes from the reference brief (``reference-brief.md`` §1, §2.
 presets exist:
 
 - ``paper``: S = 256 crop, G = 64 correspondence grid (the published model).
-- ``small``: S = 128 crop, G = 32 grid (CPU real time).
+- ``small``: S = 128 crop, G = 32 grid and a half-width ResNet-18 (channels 32-64-128-256; 3.8 M
+  parameters instead of 14.6 M): CPU real time, and six categories fit the 60 MiB budget of ``models/``.
+  It cannot load ImageNet ResNet-18 weights (those need the full widths of ``paper``).
 
 Both keep S / G = 4, so the pixel features come from the stride-4 decoder level; any S / G in
 {4, 8, 16, 32} is accepted.
@@ -109,7 +111,7 @@ class ModelConfig:
 
 CONFIGS: dict[str, ModelConfig] = {
     "paper": ModelConfig(name="paper", crop_size=256, grid_size=64),
-    "small": ModelConfig(name="small", crop_size=128, grid_size=32),
+    "small": ModelConfig(name="small", crop_size=128, grid_size=32, resnet_widths=(32, 64, 128, 256)),
 }
 
 # Reference per-category 6D-rotation offsets (x_offset, y_offset) of the pose regressor (brief §3.6).

@@ -100,7 +100,7 @@ def test_forward_shapes_and_invariants(name: str, batch: int):
         out = model(rgb, mask, with_confidence=True)
     expected = {
         "img_feat": (batch, c, g, g),
-        "global_feat": (batch, 512),
+        "global_feat": (batch, cfg.resnet_widths[-1]),
         "shape_code": (batch, cfg.code_dim),
         "vertices": (batch, n, 3),
         "mesh_feat": (batch, n, c),
@@ -181,13 +181,15 @@ def test_decoder_at_stride_8_projects_the_32_level():
 
 
 def test_parameter_counts_match_the_reference():
-    counts = make_model("small").parameter_counts()
+    counts = make_model("paper").parameter_counts()
     assert counts["trunk"] == 11_176_512  # torchvision ResNet-18 without fc
     assert counts["decoder"] == 3_101_632
     assert counts["shape_code"] == 32_832
     assert counts["deformer"] == 182_532 - 257  # reference minus its dead fc_alpha head
     assert counts["mesh_encoder"] == 1_929
     assert counts["pose"] == 101_001
+    small = make_model("small").parameter_counts()  # half-width trunk: about a quarter of the weights
+    assert 0.2 < small["trunk"] / counts["trunk"] < 0.3 and 0.2 < small["decoder"] / counts["decoder"] < 0.3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +319,7 @@ def test_pose_head_rotation_proper_and_translation_offset():
         pose.trans_pred_layer.weight.zero_()
         pose.trans_pred_layer.bias.zero_()
         K_ndc = torch.tensor([[[2.0, 0.0, 0.3], [0.0, 2.5, -0.2], [0.0, 0.0, 1.0]]]).repeat(3, 1, 1)
-        feat = torch.randn(3, 512)
+        feat = torch.randn(3, model.cfg.resnet_widths[-1])
         R, t = pose(feat, K_ndc)
         _, t_plain = pose(feat)
     # rows x, y, z: x = (0,0,1), z = x cross (1,0,0) = (0,1,0), y = z cross x = (1,0,0)
