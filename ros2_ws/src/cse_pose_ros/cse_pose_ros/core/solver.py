@@ -65,8 +65,8 @@ def _check_pairs(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None) -
         raise DegenerateGeometryError(f"need at least 3 correspondences, got {len(src)}")
     src = src.astype(np.float64, copy=False)
     dst = dst.astype(np.float64, copy=False)
-    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
-        raise InvalidInputError("correspondences contain NaN or inf")
+    if not (np.isfinite(src.sum()) and np.isfinite(dst.sum())):  # a NaN or inf anywhere makes the sum non-finite
+        raise InvalidInputError("correspondences contain NaN or inf (or values too large to sum)")
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64).reshape(-1)
         if len(weights) != len(src):
@@ -80,74 +80,78 @@ def _check_pairs(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None) -
 
 @dataclass(frozen=True)
 class _Moments:
-    """Weighted first and second moments of a pair set: all Umeyama needs (and its residual)."""
+    """Weighted moments of a pair set (all Umeyama needs): total weight ``w``, sums ``s = sum w [x; y]`` (6,),
+    ``sxx = sum w |x|^2``, ``syy = sum w |y|^2`` and ``syx = sum w y x^T`` (3, 3)."""
 
-    w: float  # total weight
-    sx: np.ndarray  # (3,) sum w x
-    sy: np.ndarray  # (3,) sum w y
-    sxx: float  # sum w |x|^2
-    syy: float  # sum w |y|^2
-    syx: np.ndarray  # (3, 3) sum w y x^T
+    w: float
+    s: np.ndarray
+    sxx: float
+    syy: float
+    syx: np.ndarray
 
     def __sub__(self, other: _Moments) -> _Moments:
         return _Moments(
-            self.w - other.w, self.sx - other.sx, self.sy - other.sy,
-            self.sxx - other.sxx, self.syy - other.syy, self.syx - other.syx,
+            self.w - other.w, self.s - other.s, self.sxx - other.sxx, self.syy - other.syy, self.syx - other.syx
         )
 
 
-def _moments(P: np.ndarray, Q: np.ndarray, weights: np.ndarray | None) -> _Moments:
-    """Moments of pairs stored as (3, n) C-contiguous arrays (source P, target Q).
+def _stack(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(n, 3) source and target -> Z (6, n) C-contiguous float64, rows ``[x; y]``.
 
-    The (3, n) layout keeps every reduction a contiguous BLAS call; (n, 3) arrays make numpy's
-    per-row reductions and broadcasts several times slower.
+    In this layout every reduction is one contiguous BLAS call; (n, 3) arrays make numpy's per-row
+    reductions and broadcasts several times slower.
     """
+    Z = np.empty((6, len(src)))
+    Z[:3] = src.T
+    Z[3:] = dst.T
+    return Z
+
+
+def _moments(Z: np.ndarray, weights: np.ndarray | None) -> _Moments:
+    """Moments of the pairs in Z (6, n), optionally weighted (n,)."""
+    P, Q = Z[:3], Z[3:]
     if weights is None:
-        return _Moments(
-            float(P.shape[1]), P.sum(axis=1), Q.sum(axis=1), float(np.vdot(P, P)), float(np.vdot(Q, Q)), Q @ P.T
-        )
-    Pw = P * weights
-    return _Moments(
-        float(weights.sum()), Pw.sum(axis=1), Q @ weights, float(np.vdot(Pw, P)), float(np.vdot(Q * weights, Q)),
-        Q @ Pw.T,
-    )
+        return _Moments(float(Z.shape[1]), Z.sum(axis=1), float(np.vdot(P, P)), float(np.vdot(Q, Q)), Q @ P.T)
+    Zw = Z * weights
+    Pw, Qw = Zw[:3], Zw[3:]
+    return _Moments(float(weights.sum()), Zw.sum(axis=1), float(np.vdot(Pw, P)), float(np.vdot(Qw, Q)), Qw @ P.T)
 
 
-def _soa(points: np.ndarray) -> np.ndarray:
-    """(n, 3) -> (3, n) C-contiguous float64."""
-    return np.ascontiguousarray(points.T, dtype=np.float64)
-
-
-def _det3(m: np.ndarray) -> float:
-    return float(
-        m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1])
-        - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
-        + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0])
+def _det3(m: list[list[float]]) -> float:
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
     )
 
 
 def _fit_from_moments(m: _Moments) -> tuple[Similarity, float]:
     """Umeyama from moments. Returns the similarity and the weighted mean squared residual (m^2)."""
-    if m.w <= 0:
+    if not m.w > 0:
         raise DegenerateGeometryError("no correspondence carries weight")
-    mu_x, mu_y = m.sx / m.w, m.sy / m.w
-    cov = m.syx / m.w - np.outer(mu_y, mu_x)  # Sigma_yx (3, 3)
-    var_x = m.sxx / m.w - mu_x @ mu_x
-    var_y = m.syy / m.w - mu_y @ mu_y
-    if not (np.isfinite(cov).all() and var_x > 1e-18):
+    mu = m.s / m.w  # (6,) [mean x, mean y]
+    mu_x, mu_y = mu[:3], mu[3:]
+    cov = m.syx / m.w
+    cov -= mu_y[:, None] * mu_x  # Sigma_yx (3, 3)
+    var_x = m.sxx / m.w - float(mu_x @ mu_x)
+    var_y = m.syy / m.w - float(mu_y @ mu_y)
+    if not (var_x > 1e-18 and np.isfinite(cov).all()):
         raise DegenerateGeometryError("source points coincide (zero variance)")
     U, D, Vt = np.linalg.svd(cov)
-    if D[0] <= 0 or D[1] <= _COLLINEAR_RTOL * D[0]:
+    d0, d1, d2 = D.tolist()
+    if d0 <= 0 or d1 <= _COLLINEAR_RTOL * d0:
         raise DegenerateGeometryError("correspondences are collinear: rotation about their line is undetermined")
-    d = 1.0 if _det3(U) * _det3(Vt) > 0 else -1.0
-    U[:, 2] *= d
+    d = 1.0
+    if _det3(U.tolist()) * _det3(Vt.tolist()) < 0:
+        d = -1.0
+        U[:, 2] = -U[:, 2]
     R = U @ Vt
-    trace = D[0] + D[1] + d * D[2]
+    trace = d0 + d1 + d * d2
     scale = trace / var_x
     if not scale > 0:
         raise DegenerateGeometryError(f"non-positive scale {scale:g}")
     mse = max(var_y - scale * trace, 0.0)  # Umeyama's closed-form minimum of the mean squared error
-    return Similarity(float(scale), R, mu_y - scale * (R @ mu_x)), float(mse)
+    return Similarity(scale, R, mu_y - scale * (R @ mu_x)), mse
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> Similarity:
@@ -164,16 +168,20 @@ def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None)
         InvalidInputError: wrong shapes, dtypes or non-finite values.
     """
     src, dst, weights = _check_pairs(src, dst, weights)
-    return _fit_from_moments(_moments(_soa(src), _soa(dst), weights))[0]
+    return _fit_from_moments(_moments(_stack(src, dst), weights))[0]
 
 
-def _residual_sq(P: np.ndarray, Q: np.ndarray, model: Similarity) -> np.ndarray:
-    """(n,) squared residuals ``|scale R p + t - q|^2`` for (3, n) arrays P, Q."""
-    e = (model.scale * model.R) @ P
+def _residual_sq(Z: np.ndarray, model: Similarity) -> np.ndarray:
+    """(n,) squared residuals ``|scale R x + t - y|^2`` of the pairs in Z (6, n)."""
+    M = np.empty((3, 6))
+    M[:, :3] = model.scale * model.R
+    M[:, 3:] = -np.eye(3)
+    e = M @ Z
     e += model.t[:, None]
-    e -= Q
     e *= e
-    return e[0] + e[1] + e[2]
+    r2 = e[0] + e[1]
+    r2 += e[2]
+    return r2
 
 
 def _batched_minimal_fits(
@@ -256,30 +264,30 @@ def ransac_umeyama(
         )
     n = len(src)
     thr2 = threshold_m * threshold_m
-    rng = np.random.default_rng(seed)
     need = max(3, min_inliers)
 
     # Hypothesis 0: least squares on all pairs (what the reference effectively returns).
     best: Similarity | None = None
     inliers: np.ndarray | None = None
     hypotheses = 0
-    P, Q = _soa(src), _soa(dst)
-    total = _moments(P, Q, weights)
+    Z = _stack(src, dst)
+    total = _moments(Z, weights)
     try:
         best = _fit_from_moments(total)[0]
         hypotheses = 1
-        inliers = _residual_sq(P, Q, best) < thr2
+        inliers = _residual_sq(Z, best) < thr2
     except DegenerateGeometryError:
         pass  # e.g. collinear overall: the minimal samples below then fail the same way
     accepted = inliers is not None and np.count_nonzero(inliers) >= early_stop_inlier_ratio * n
 
     if not accepted:
+        rng = np.random.default_rng(seed)
         sub = np.arange(n) if n <= score_points else rng.integers(0, n, score_points)
         src_s, dst_s = src[sub], dst[sub]
         w_s = None if weights is None else weights[sub]
         best_score = -1.0
         if best is not None:
-            inl = _residual_sq(P[:, sub], Q[:, sub], best) < thr2
+            inl = _residual_sq(Z[:, sub], best) < thr2
             best_score = float(inl.sum()) if w_s is None else float(w_s[inl].sum())
         needed, drawn, any_ok = max_hypotheses, 0, False
         while drawn < min(needed, max_hypotheses):
@@ -310,7 +318,7 @@ def ransac_umeyama(
         if best is None:
             why = "all minimal samples are degenerate (collinear or duplicate points)" if not any_ok else "no fit"
             raise DegenerateGeometryError(f"RANSAC found no valid hypothesis: {why}")
-        inliers = _residual_sq(P, Q, best) < thr2
+        inliers = _residual_sq(Z, best) < thr2
 
     # Weighted refit on the winner's inliers. When most pairs are inliers, the moments of the inliers are
     # those of all pairs minus those of the (few) outliers: no pass over the inliers is needed.
@@ -324,14 +332,14 @@ def ransac_umeyama(
         if count == n:
             m = total
         elif 2 * count >= n:
-            out = ~inliers
-            m = total - _moments(P[:, out], Q[:, out], None if weights is None else weights[out])
+            out = np.flatnonzero(~inliers)  # few: gather them instead of masking all columns
+            m = total - _moments(Z[:, out], None if weights is None else weights[out])
         else:
-            m = _moments(P[:, inliers], Q[:, inliers], None if weights is None else weights[inliers])
+            m = _moments(Z[:, inliers], None if weights is None else weights[inliers])
         best, mse = _fit_from_moments(m)
         if it == rounds - 1:
             break
-        new_inliers = _residual_sq(P, Q, best) < thr2
+        new_inliers = _residual_sq(Z, best) < thr2
         if np.array_equal(new_inliers, inliers):
             break
         inliers = new_inliers
