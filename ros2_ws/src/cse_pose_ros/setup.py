@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cse_pose_node = cse_pose_ros.node:main",
+            "tabletop_mask_node = cse_pose_ros.tabletop_mask:main",
         ],
     },
 )

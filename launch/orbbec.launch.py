@@ -1,0 +1,16 @@
+"""Orbbec bring-up (Gemini 330, Femto, ...): orbbec_camera with depth_registration + masks + cse_pose_node.
+
+    ros2 launch launch/orbbec.launch.py category:=mug model_dir:=models
+    ros2 launch launch/orbbec.launch.py orbbec_launch:=femto_bolt.launch.py category:=can
+
+Every argument and its default: ``ros2 launch launch/orbbec.launch.py --show-args``. What is started, the
+topics and the recommended parameters are decided in ``cse_pose_ros/bringup.py`` (pure Python, tested by
+``test/test_bringup.py``); this file only hands them to launch. See docs/deployment.md.
+"""
+
+from cse_pose_ros.bringup import launch_description
+
+
+def generate_launch_description():
+    """Camera + mask source + pose node (+ RViz with rviz:=true)."""
+    return launch_description("orbbec")

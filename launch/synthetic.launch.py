@@ -1,0 +1,15 @@
+"""Synthetic camera bring-up (the scene of `make demo`): synthetic RGB-D camera + its masks + cse_pose_node.
+
+    ros2 launch launch/synthetic.launch.py category:=mug model_dir:=models rviz:=true
+
+Every argument and its default: ``ros2 launch launch/synthetic.launch.py --show-args``. What is started, the
+topics and the recommended parameters are decided in ``cse_pose_ros/bringup.py`` (pure Python, tested by
+``test/test_bringup.py``); this file only hands them to launch. See docs/deployment.md.
+"""
+
+from cse_pose_ros.bringup import launch_description
+
+
+def generate_launch_description():
+    """Camera + mask source + pose node (+ RViz with rviz:=true)."""
+    return launch_description("synthetic")
