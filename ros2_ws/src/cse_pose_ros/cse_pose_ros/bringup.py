@@ -75,9 +75,6 @@ _COMMON_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("mask_source", "tabletop",
                    "Where instance masks come from: tabletop (tabletop_mask_node, depth only) | external "
                    "(your segmenter publishes on mask_topic) | camera (synthetic camera only)."),
-    LaunchArgument("category", "",
-                   "Category of every masked object (bottle|bowl|camera|can|laptop|mug); empty: the single "
-                   "model in model_dir decides."),
     LaunchArgument("start_camera", "true",
                    "Start the camera driver (false: it already runs, e.g. on another machine)."),
 )
@@ -206,12 +203,12 @@ def bringup_arguments(camera: str) -> tuple[LaunchArgument, ...]:
             a = LaunchArgument(a.name, "", a.description + " Empty: the camera's / mask source's topic.")
         elif a.name == "use_sim_time" and camera == "bag":
             a = LaunchArgument(a.name, "true", a.description)
+        elif a.name == "category" and camera == "synthetic":
+            a = LaunchArgument(a.name, "mug", "Category of the synthetic scene's target (and of every mask instance).")
         out.append(a)
     common = list(_COMMON_ARGUMENTS)
     if camera == "synthetic":
         common[0] = LaunchArgument("mask_source", "camera", _COMMON_ARGUMENTS[0].description)
-        common[1] = LaunchArgument("category", "mug",
-                                   "Category of the synthetic scene's target (and of every mask instance).")
     if camera in ("bag", "synthetic"):
         common = [a for a in common if a.name != "start_camera"]
     return (*out, *common, *cam.arguments)
@@ -342,8 +339,6 @@ def make_plan(camera: str, args: Mapping[str, str], share_dir: str = "") -> Brin
     parameters, remappings = node_config(pose_args, default_params)
     if not v["params_file"] and cam.recommended:
         parameters.insert(len(parameters) - 1, dict(cam.recommended))  # after the package defaults
-    if category:
-        parameters.append({"category": category})
     nodes.append(NodeSpec(PACKAGE, NODE_NAME, NODE_NAME, v["namespace"], tuple(parameters), tuple(remappings),
                           ("--ros-args", "--log-level", v["log_level"])))
     if parse_bool("rviz", v["rviz"]):

@@ -42,6 +42,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "Instance mask aligned with the RGB image (mono8/mono16/32SC1, 0 = background)."),
     LaunchArgument("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the RGB image."),
     LaunchArgument("model_dir", "", "Directory of <category>.onnx models; empty: the params file value."),
+    LaunchArgument("category", "", "Category of every instance id of the mask (mug, bottle, ...); empty: the "
+                   "params file value."),
     LaunchArgument("backend", "", f"Model runtime ({'|'.join(BACKENDS)}); empty: the params file value."),
     LaunchArgument("namespace", "", "Namespace of the node (its outputs are ~/pose, ~/markers, ...)."),
     LaunchArgument("use_sim_time", "false", "Use /clock (bag replay, simulation): true|false."),
@@ -90,8 +92,9 @@ def node_config(args: dict[str, str],
     if params_file:
         parameters.append(params_file)
     overrides: dict[str, object] = {"use_sim_time": parse_bool("use_sim_time", values["use_sim_time"])}
-    if values["model_dir"].strip():
-        overrides["model_dir"] = values["model_dir"].strip()
+    for name in ("model_dir", "category"):
+        if values[name].strip():
+            overrides[name] = values[name].strip()
     backend = values["backend"].strip()
     if backend:
         if backend not in BACKENDS:

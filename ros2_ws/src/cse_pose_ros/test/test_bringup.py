@@ -118,7 +118,7 @@ def test_recommended_parameters_are_valid_node_parameters(camera):
     assert params[0] == f"{SHARE}/config/pose.yaml"  # the package defaults first, as pose.launch.py
     if rec:
         assert params[1] == rec  # then the camera's recommendations, then the launch overrides
-    assert params[-1] == {"category": "mug"}
+    assert params[-1]["category"] == "mug"
     # with an explicit params file the recommendations are not applied (the user's file decides)
     own = plan(camera, params_file="/my/pose.yaml").node(NODE_NAME).parameters
     assert own[0] == "/my/pose.yaml" and all(not isinstance(x, dict) or not set(rec) & set(x) for x in own)
@@ -172,7 +172,7 @@ def test_synthetic_camera_process_and_parameters():
     assert f"__ns:={SYNTHETIC_NAMESPACE}" in proc.cmd
     assert "category:=bottle" in proc.cmd and "frames:=12" in proc.cmd and "loop:=true" in proc.cmd
     assert "wait_for_ground_truth:=false" in proc.cmd  # nobody scores in a bring-up
-    assert p.node(NODE_NAME).parameters[-1] == {"category": "bottle"}
+    assert p.node(NODE_NAME).parameters[-1]["category"] == "bottle"
     # every parameter passed exists in the synthetic camera node
     src = PKG / "cse_pose_ros" / "tools" / "synthetic_camera.py"
     if not src.exists():
