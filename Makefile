@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose_ros/setup
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint demo bench bench-solver train-smoke export eval clean
+.PHONY: setup test lint demo bench bench-solver train-smoke export clean
 
 $(VENV)/.stamp: $(SETUP_INPUTS)
 	bash scripts/setup.sh
@@ -24,6 +24,12 @@ demo: $(VENV)/.stamp  ## synthetic camera + pose node over DDS; per-frame errors
 
 bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d RANSAC
 	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench_solver.py
+
+train-smoke: $(VENV)/.stamp  ## tiny synthetic set -> 250 CPU steps (small) -> export -> ONNX check -> eval (~5 min)
+	$(PY) -m cse_train smoke --out out/smoke
+
+export: $(VENV)/.stamp  ## CKPT=<checkpoint> -> models/<category>.onnx + .pt
+	$(PY) -m cse_train export --checkpoint $(CKPT) --out-dir models
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -24,11 +24,9 @@ Schedules are linear in the step over ``total_steps`` (brief §3.7): decaying we
 ``decay_ratio * w`` (0.1), rising ones from ``decay_ratio * w`` to ``w``. The reference's unused
 ``camera_wt`` (0.005, camera loss off) and ``flatten`` loss are not listed.
 
-``can`` is not a reference category: it uses bottle's settings (y-symmetric, same weights, same rotation
-offset and learning-rate ratios). ``rotation_offset`` is the reference's (x_offset, y_offset) of the 6D
-rotation head; the reference builds ``R_row = [x | y | z]`` with these as columns, so in our column-form
-``R_col = R_row^T`` the offsets bias the *rows* of R. Note ``cse_train.config.ROTATION_OFFSETS`` gives
-``can`` zeros; this module follows the brief (bottle's values).
+``can`` is not a reference category: it uses bottle's settings (y-symmetric, same weights and
+learning-rate ratios). The pose head's 6D rotation offsets (the reference's ``rotation_offset``) are model
+facts and live only in :data:`cse_train.config.ROTATION_OFFSETS` (used by ``CSENet.from_category``).
 """
 
 from __future__ import annotations
@@ -119,7 +117,6 @@ class CategoryConfig:
     Attributes:
         category: name.
         weights: peak loss weights.
-        rotation_offset: ((x_offset 3), (y_offset 3)) added to the raw 6D rotation vectors.
         vert_lr_ratio: mean_v peak LR = ratio * base LR.
         cam_lr_ratio: pose-head peak LR = ratio * base LR.
         symmetry: 'y' (17 rotations about y), 'mirror_x' ({I, diag(-1,1,1)}) or None (identity).
@@ -128,7 +125,6 @@ class CategoryConfig:
 
     category: str
     weights: LossWeights
-    rotation_offset: tuple[tuple[float, float, float], tuple[float, float, float]]
     vert_lr_ratio: float
     cam_lr_ratio: float
     symmetry: str | None
@@ -174,17 +170,16 @@ OPTIM = OptimConfig()
 CLIP = ClipConfig()
 
 # (rotation_cycle = cycle_loss_wt, cross_cycle = cycle_loss_pretrain_wt, vert_lr_ratio, cam_lr_ratio,
-#  rotation_offset, symmetry, settings taken from) -- brief §3.6
-_Vec3 = tuple[float, float, float]
-_Row = tuple[float, float, float, float, tuple[_Vec3, _Vec3], str | None, str]
+#  symmetry, settings taken from) -- brief §3.6
+_Row = tuple[float, float, float, float, str | None, str]
 _CATEGORY_TABLE: dict[str, _Row] = {
-    "bottle": (0.02, 0.05, 0.1, 0.1, ((0.1, 0.0, 0.0), (0.0, 0.1, -0.1)), "y", "bottle"),
-    "bowl": (0.02, 0.005, 0.1, 0.2, ((0.2, 0.0, 0.0), (0.0, -0.2, 0.2)), "y", "bowl"),
-    "camera": (0.02, 0.005, 0.1, 0.1, ((0.2, 0.0, -0.1), (0.0, -0.2, 0.2)), None, "camera"),
+    "bottle": (0.02, 0.05, 0.1, 0.1, "y", "bottle"),
+    "bowl": (0.02, 0.005, 0.1, 0.2, "y", "bowl"),
+    "camera": (0.02, 0.005, 0.1, 0.1, None, "camera"),
     # not in the reference: bottle's y-symmetric settings
-    "can": (0.02, 0.05, 0.1, 0.1, ((0.1, 0.0, 0.0), (0.0, 0.1, -0.1)), "y", "bottle"),
-    "laptop": (0.01, 0.02, 0.01, 0.1, ((0.2, 0.0, 0.0), (0.0, -0.2, 0.2)), "mirror_x", "laptop"),
-    "mug": (0.01, 0.02, 0.01, 0.1, ((0.1, 0.0, 0.0), (0.0, -0.1, 0.1)), "mirror_x", "mug"),
+    "can": (0.02, 0.05, 0.1, 0.1, "y", "bottle"),
+    "laptop": (0.01, 0.02, 0.01, 0.1, "mirror_x", "laptop"),
+    "mug": (0.01, 0.02, 0.01, 0.1, "mirror_x", "mug"),
 }
 
 
@@ -198,11 +193,10 @@ def category_config(category: str) -> CategoryConfig:
         row = _CATEGORY_TABLE[category]
     except KeyError:
         raise UnknownCategoryError(f"unknown category {category!r}; known: {list(CATEGORIES)}") from None
-    rot_wt, cross_wt, vert, cam, offset, sym, src = row
+    rot_wt, cross_wt, vert, cam, sym, src = row
     return CategoryConfig(
         category=category,
         weights=LossWeights(rotation_cycle=rot_wt, cross_cycle=cross_wt),
-        rotation_offset=offset,
         vert_lr_ratio=vert,
         cam_lr_ratio=cam,
         symmetry=sym,

@@ -1,0 +1,320 @@
+"""Command line: ``python -m cse_train {generate,train,evaluate,export,smoke}`` (also ``cse-train ...``).
+
+- ``generate``: synthetic RGB-D videos in Wild6D's layout (``cse_train.data.synthetic.generate``).
+- ``train``: :func:`cse_train.train.train` (``torchrun --nproc_per_node=K -m cse_train train ...`` for DDP).
+- ``evaluate``: :func:`cse_train.evaluate.run_evaluation` (table + JSON; baselines as flags).
+- ``export``: checkpoint -> ``<out-dir>/<category>.onnx`` + ``<category>.pt`` (TorchScript), verified.
+- ``smoke``: tiny synthetic set -> a short CPU training of the ``small`` model -> export -> check the ONNX runs
+  in onnxruntime -> evaluation on the test videos; prints the figures (``make train-smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["build_parser", "main", "smoke"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Subcommands
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate
+
+    dirs = generate(args.out, args.category, args.split, args.videos, frames=(args.frames[0], args.frames[-1]),
+                    width=args.width, height=args.height, seed=args.seed, workers=args.workers)
+    print(f"wrote {len(dirs)} videos under {Path(args.out) / args.category}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import config_from_args, parse_overrides, train
+
+    values = vars(args).copy()
+    values["model_overrides"] = parse_overrides(args.model_override or [])
+    values["disable"] = tuple(args.disable or ())
+    values["tensorboard"] = not args.no_tensorboard
+    values["progress"] = not args.no_progress
+    values["jitter"] = not args.no_jitter
+    train(config_from_args(values))
+    return 0
+
+
+def _pipeline_params(args: argparse.Namespace):  # noqa: ANN202
+    from cse_pose_ros.pipeline import PipelineParams
+
+    kwargs = {}
+    if args.enlarge is not None:
+        kwargs["enlarge"] = args.enlarge
+    elif args.dataset == "real275":
+        kwargs["enlarge"] = 1.2
+    if args.ransac_threshold is not None:
+        kwargs["ransac_threshold_m"] = args.ransac_threshold
+    return PipelineParams(**kwargs)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import run_evaluation
+
+    run_evaluation(args.model, args.data, dataset=args.dataset, category=args.category, baselines=args.baselines,
+                   checkpoint=args.checkpoint, json_path=args.json, max_frames=args.max_frames,
+                   list_file=args.list_file, params=_pipeline_params(args), backend=args.backend,
+                   progress=not args.no_progress)
+    return 0
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, training_data: str = "", version: str = "") -> Path:
+    """Checkpoint -> ``<out_dir>/<category>.onnx`` (verified against torch) + ``<category>.pt``."""
+    from .export import export_from_checkpoint
+    from .model import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    onnx_path = out_dir / f"{model.category}.onnx"
+    export_from_checkpoint(checkpoint, onnx_path, training_data=training_data, version=version,
+                           torchscript_path=onnx_path.with_suffix(".pt"))
+    return onnx_path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    path = export_model(args.checkpoint, args.out_dir, args.training_data, args.version)
+    print(f"wrote {path} and {path.with_suffix('.pt')}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Smoke run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_onnx_runs(onnx_path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Load with the node's loader (onnxruntime CPU), run a batch of 2 and check the contract shapes.
+
+    Returns:
+        output name -> shape. Raises ``AssertionError`` on a shape or finiteness violation.
+    """
+    from cse_pose_ros.inference import load_model
+
+    backend = load_model(onnx_path, "cpu")
+    info = backend.info
+    s, g, n = info.crop_size, info.grid_size, info.num_vertices
+    rng = np.random.default_rng(0)
+    rgb = rng.random((2, 3, s, s), dtype=np.float32)
+    mask = np.zeros((2, 1, g, g), np.float32)
+    mask[..., g // 4 : 3 * g // 4, g // 4 : 3 * g // 4] = 1.0
+    v, m, c = backend.run(rgb, mask)
+    shapes = {"vertices": v.shape, "match": m.shape, "confidence": c.shape}
+    expected = {"vertices": (2, n, 3), "match": (2, g, g, 3), "confidence": (2, g, g)}
+    assert shapes == expected, f"ONNX outputs {shapes}, contract {expected}"
+    assert all(np.isfinite(a).all() for a in (v, m, c)), "ONNX outputs are not finite"
+    assert ((c >= 0) & (c <= 1)).all(), "confidence outside [0, 1]"
+    return shapes
+
+
+def smoke(
+    out: str | Path = "out/smoke",
+    category: str = "mug",
+    steps: int = 250,
+    train_videos: int = 6,
+    test_videos: int = 2,
+    frames: int = 20,
+    width: int = 320,
+    height: int = 240,
+    videos_per_batch: int = 2,
+    frames_per_video: int = 2,
+    render_size: int | None = 64,
+    model: str = "small",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """The ``train-smoke`` run: data -> training -> export -> ONNX check -> evaluation. Returns the figures.
+
+    Defaults: 6 train videos x 20 frames at 320 x 240 and 2 test videos; the ``small`` model, 250 steps of
+    2 videos x 2 frames on the CPU; renders (and the pixel losses) at 64 x 64, half the crop, to fit the CPU
+    budget (``render_size=None`` renders at the crop size). Existing data under ``out/data`` is reused (delete
+    it to regenerate); training always restarts. Returns the figures (also written to ``out/smoke.json``).
+    """
+    import shutil
+
+    from .data.synthetic import generate
+    from .evaluate import run_evaluation
+    from .export import read_onnx_metadata
+    from .train import TrainConfig, train
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    train_root, test_root = out / "data" / "train", out / "data" / "test"
+    figures: dict[str, float] = {}
+    t = time.perf_counter()
+    for root, split, n in ((train_root, "train", train_videos), (test_root, "test", test_videos)):
+        if not (root / category).is_dir() or len(list((root / category).iterdir())) < n:
+            generate(root, category, split, n, frames=(frames, frames), width=width, height=height, seed=seed)
+    figures["generate_s"] = time.perf_counter() - t
+
+    run_dir = out / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = TrainConfig(
+        category=category, data=str(train_root / category), out_dir=str(run_dir), model=model, steps=steps,
+        videos_per_batch=videos_per_batch, frames_per_video=frames_per_video, checkpoint_every=max(steps // 2, 1),
+        log_every=10, render_size=render_size, seed=seed, progress=progress, tensorboard=False,
+    )
+    result = train(cfg)
+    figures.update(
+        train_s=result.wall_s, images_per_s=result.images_per_s, loss_first=result.first_avg,
+        loss_last=result.last_avg, loss_fixed_first=result.first_avg_fixed, loss_fixed_last=result.last_avg_fixed,
+        loss_window=float(result.window), nan_steps=float(result.nan_steps),
+    )
+
+    t = time.perf_counter()
+    onnx_path = export_model(result.checkpoint, out / "models", training_data=f"smoke: synthetic {category}",
+                             version=f"smoke-{steps}")
+    shapes = check_onnx_runs(onnx_path)
+    figures["export_s"] = time.perf_counter() - t
+    meta = read_onnx_metadata(onnx_path)
+    print(f"ONNX {onnx_path} runs in onnxruntime: {shapes}; metadata crop {meta['crop_size']} grid "
+          f"{meta['grid_size']} N {meta['num_vertices']}")
+
+    t = time.perf_counter()
+    reports = run_evaluation(onnx_path, test_root / category, category=category,
+                             baselines=("pipeline", "pose_head", "umeyama_all", "gt_correspondences"),
+                             checkpoint=result.checkpoint, json_path=out / "eval.json", progress=False)
+    figures["evaluate_s"] = time.perf_counter() - t
+    for r in reports:
+        figures[f"eval_{r.mode}_IoU25"] = r.summary["IoU25"]
+    figures["wall_s"] = time.perf_counter() - t0
+    fell = result.last_avg_fixed < result.first_avg_fixed
+    print(
+        f"smoke: total loss (fixed weights) {result.first_avg_fixed:.4f} -> {result.last_avg_fixed:.4f} "
+        f"({'fell' if fell else 'DID NOT FALL'}); scheduled {result.first_avg:.4f} -> {result.last_avg:.4f}; "
+        f"{result.images_per_s:.2f} images/s; wall {figures['wall_s']:.0f} s (generate {figures['generate_s']:.0f}, "
+        f"train {figures['train_s']:.0f}, export {figures['export_s']:.0f}, evaluate {figures['evaluate_s']:.0f})"
+    )
+    (out / "smoke.json").write_text(json.dumps(figures, indent=1))
+    return figures
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    figures = smoke(args.out, args.category, args.steps, args.videos, args.test_videos, args.frames, args.width,
+                    args.height, args.batch_videos, args.batch_frames, args.render_size or None, args.model, args.seed,
+                    progress=not args.no_progress)
+    return 0 if figures["loss_fixed_last"] < figures["loss_fixed_first"] else 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parser
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .weights import CATEGORIES, LOSS_NAMES
+
+    p = argparse.ArgumentParser(prog="python -m cse_train", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="synthetic RGB-D videos in Wild6D's layout")
+    g.add_argument("--out", required=True, help="output root (videos go to <out>/<category>/...)")
+    g.add_argument("--category", required=True, choices=CATEGORIES)
+    g.add_argument("--split", default="train", choices=("train", "val", "test"))
+    g.add_argument("--videos", type=int, default=10)
+    g.add_argument("--frames", type=int, nargs="+", default=[20, 60], metavar="N", help="frames per video (min max)")
+    g.add_argument("--width", type=int, default=640)
+    g.add_argument("--height", type=int, default=480)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=1)
+    g.set_defaults(func=_cmd_generate)
+
+    t = sub.add_parser("train", help="self-supervised training of one category (torchrun for DDP)")
+    t.add_argument("--category", required=True, choices=CATEGORIES)
+    t.add_argument("--data", required=True, help="category root (Wild6D layout) or REAL275 split directory")
+    t.add_argument("--out-dir", dest="out_dir", default="out/train")
+    t.add_argument("--dataset", default="wild6d", choices=("wild6d", "real275"))
+    t.add_argument("--list-file", dest="list_file")
+    t.add_argument("--model", default="small", choices=("small", "paper"))
+    t.add_argument("--model-override", dest="model_override", action="append", metavar="KEY=VALUE",
+                   help="replace a ModelConfig field (JSON value), repeatable")
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--videos-per-batch", dest="videos_per_batch", type=int, default=8)
+    t.add_argument("--frames-per-video", dest="frames_per_video", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--supervision", default="self", choices=("self", "synthetic-gt"))
+    t.add_argument("--dino-weights", dest="dino_weights")
+    t.add_argument("--backbone-weights", dest="backbone_weights")
+    t.add_argument("--init-checkpoint", dest="init_checkpoint")
+    t.add_argument("--resume", nargs="?", const="auto", help="checkpoint path, or no value for <out-dir>/last.pt")
+    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=2000)
+    t.add_argument("--log-every", dest="log_every", type=int, default=10)
+    t.add_argument("--render-size", dest="render_size", type=int)
+    t.add_argument("--symmetry-samples", dest="symmetry_samples", type=int)
+    t.add_argument("--matcher-grid", dest="matcher_grid", type=int, default=32)
+    t.add_argument("--matcher-k", dest="matcher_k", type=int, default=200)
+    t.add_argument("--no-jitter", dest="no_jitter", action="store_true")
+    t.add_argument("--disable", nargs="*", choices=LOSS_NAMES, help="loss terms to skip")
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--sync-bn", dest="sync_bn", action="store_true")
+    t.add_argument("--ddp-videos", dest="ddp_videos", default="shard", choices=("shard", "shared"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", dest="no_progress", action="store_true")
+    t.add_argument("--no-tensorboard", dest="no_tensorboard", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a model (ONNX / checkpoint) on a test split")
+    e.add_argument("--model", help=".onnx, torch checkpoint or TorchScript file (optional for gt baseline)")
+    e.add_argument("--data", required=True, help="test root of the category, or a REAL275 split directory")
+    e.add_argument("--dataset", default="wild6d", choices=("wild6d", "real275"))
+    e.add_argument("--category", choices=CATEGORIES)
+    e.add_argument("--baselines", nargs="+", default=["pipeline"],
+                   choices=("pipeline", "pose_head", "umeyama_all", "gt_correspondences"))
+    e.add_argument("--checkpoint", help="torch checkpoint for the pose_head baseline when --model is ONNX")
+    e.add_argument("--json", help="write the reports here")
+    e.add_argument("--max-frames", dest="max_frames", type=int)
+    e.add_argument("--list-file", dest="list_file")
+    e.add_argument("--enlarge", type=float, help="crop enlargement (default 1.35; REAL275 1.2)")
+    e.add_argument("--ransac-threshold", dest="ransac_threshold", type=float, help="metres")
+    e.add_argument("--backend", default="cpu", choices=("auto", "tensorrt", "cuda", "cpu", "torch"))
+    e.add_argument("--no-progress", dest="no_progress", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
+
+    x = sub.add_parser("export", help="checkpoint -> <out-dir>/<category>.onnx + .pt")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out-dir", dest="out_dir", default="models")
+    x.add_argument("--training-data", dest="training_data", default="")
+    x.add_argument("--version", default="")
+    x.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("smoke", help="tiny synthetic data -> short CPU training -> export -> ONNX check -> eval")
+    s.add_argument("--out", default="out/smoke")
+    s.add_argument("--category", default="mug", choices=CATEGORIES)
+    s.add_argument("--steps", type=int, default=250)
+    s.add_argument("--videos", type=int, default=6)
+    s.add_argument("--test-videos", dest="test_videos", type=int, default=2)
+    s.add_argument("--frames", type=int, default=20)
+    s.add_argument("--width", type=int, default=320)
+    s.add_argument("--height", type=int, default=240)
+    s.add_argument("--batch-videos", dest="batch_videos", type=int, default=2)
+    s.add_argument("--batch-frames", dest="batch_frames", type=int, default=2)
+    s.add_argument("--render-size", dest="render_size", type=int, default=64,
+                   help="render / pixel-loss resolution (default 64; 0 = the crop size)")
+    s.add_argument("--model", default="small", choices=("small", "paper"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", dest="no_progress", action="store_true")
+    s.set_defaults(func=_cmd_smoke)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

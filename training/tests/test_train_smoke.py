@@ -1,0 +1,154 @@
+"""Fast version of ``make train-smoke``: a tiny training run must lower the loss, resume, and export.
+
+The model is the ``small`` architecture shrunk for speed (crop 64, grid 16, ResNet widths /4); data are two
+tiny synthetic videos. The loss compared is ``total_fixed`` (every term with its constant peak weight), so
+a fall cannot come from the weight schedules alone.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cse_train.__main__ import build_parser, check_onnx_runs, export_model
+from cse_train.config import get_config
+from cse_train.data.synthetic import generate
+from cse_train.model import CSENet, load_checkpoint
+from cse_train.train import (
+    TrainConfig,
+    build_param_groups,
+    color_jitter,
+    gt_canonical_grid,
+    render_intrinsics,
+    train,
+)
+from cse_train.weights import PARAM_GROUPS
+
+TINY = {"crop_size": 64, "grid_size": 16, "resnet_widths": [16, 32, 64, 128]}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("smoke_data")
+    generate(root, "mug", "train", 2, frames=(6, 6), width=160, height=120, seed=3)
+    return root / "mug"
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        category="mug", data=str(data), out_dir=str(out), steps=24, videos_per_batch=2, frames_per_video=2,
+        checkpoint_every=20, log_every=1, progress=False, tensorboard=False, model_overrides=TINY,
+        matcher_grid=16, matcher_k=64, render_size=32, seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_training_lowers_loss_resumes_and_exports(tiny_data: Path, tmp_path: Path) -> None:
+    result = train(_cfg(tiny_data, tmp_path / "run"))
+    assert len(result.history) == 24 and result.nan_steps == 0
+    assert all(math.isfinite(h["total"]) and math.isfinite(h["total_fixed"]) for h in result.history)
+    # every self-supervised term ran (no DINO here: cross-time cycle through optical flow)
+    for name in ("mask", "texture", "depth", "match", "imatch", "cross_cycle", "rotation_cycle", "symmetry",
+                 "laplacian", "deform", "pull_far"):
+        assert name in result.history[0], name
+    assert "synthetic_gt" not in result.history[0]  # self-supervision never computes the GT term
+    assert result.last_avg_fixed < result.first_avg_fixed, (result.first_avg_fixed, result.last_avg_fixed)
+    assert (tmp_path / "run" / "log.csv").is_file()
+    ckpt20 = tmp_path / "run" / "checkpoints" / "step_0000020.pt"
+    assert ckpt20.is_file() and result.checkpoint.is_file()
+
+    # resume from step 20 in a fresh directory: continues at step 21 with the saved optimiser state
+    resumed = train(_cfg(tiny_data, tmp_path / "resumed", resume=str(ckpt20)))
+    assert [h["step"] for h in resumed.history] == [21.0, 22.0, 23.0, 24.0]
+    assert [h["lr"] for h in resumed.history] == pytest.approx([h["lr"] for h in result.history[20:]], rel=1e-9)
+    _, payload = load_checkpoint(resumed.checkpoint)
+    assert payload["extra"]["step"] == 24
+    adam_steps = {float(s["step"]) for s in payload["extra"]["optimizer"]["state"].values()}
+    assert adam_steps == {24.0}
+    assert payload["extra"]["scheduler"]["last_epoch"] == 24
+
+    # export the trained model and run it in onnxruntime through the node's loader
+    onnx_path = export_model(resumed.checkpoint, tmp_path / "models", training_data="test", version="t")
+    assert onnx_path.name == "mug.onnx" and onnx_path.with_suffix(".pt").is_file()
+    shapes = check_onnx_runs(onnx_path)
+    n = CSENet.from_category("mug", get_config("small", **TINY)).num_vertices
+    assert shapes == {"vertices": (2, n, 3), "match": (2, 16, 16, 3), "confidence": (2, 16, 16)}
+
+
+def test_synthetic_gt_pretraining_then_self_fine_tuning(tiny_data: Path, tmp_path: Path) -> None:
+    result = train(_cfg(tiny_data, tmp_path / "gt", steps=3, supervision="synthetic-gt", checkpoint_every=100))
+    assert len(result.history) == 3
+    values = [h["synthetic_gt"] for h in result.history]
+    assert all(math.isfinite(v) and v > 0 for v in values)
+
+    # fine-tune from the pre-trained weights: the run starts from them (same prior mean_v), fresh optimiser
+    pre, _ = load_checkpoint(result.checkpoint)
+    tuned = train(_cfg(tiny_data, tmp_path / "ft", steps=1, init_checkpoint=str(result.checkpoint), lr=0.0))
+    post, payload = load_checkpoint(tuned.checkpoint)
+    assert payload["extra"]["step"] == 1
+    torch.testing.assert_close(post.mean_v, pre.mean_v)  # lr 0: weights unchanged but for weight decay x 0
+    with pytest.raises(ValueError, match="init-checkpoint"):
+        train(_cfg(tiny_data, tmp_path / "bad", steps=1, init_checkpoint=str(result.checkpoint),
+                   model_overrides={**TINY, "grid_size": 8}))
+
+
+def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
+    from cse_train.data.wild6d import Wild6DDataset
+
+    ds = Wild6DDataset(tiny_data, split="train", crop_size=64, return_gt=True)
+    batch = ds.collate([ds[0], ds[5]])
+    prior = CSENet.from_category("mug", get_config("small", **TINY)).mean_v.detach()
+    lo, hi = prior.min(0).values, prior.max(0).values
+    coords, valid, R, t, s = gt_canonical_grid(
+        batch["depth_m"], batch["mask"], batch["K_crop"], batch["R"], batch["t"], batch["size"],
+        0.5 * (lo + hi), hi - lo, torch.eye(3), 16,
+    )
+    assert coords.shape == (2, 16, 16, 3) and valid.shape == (2, 16, 16) and valid.sum() > 20
+    pts = coords[valid]
+    margin = 0.08 * (hi - lo).max()  # depth noise and cell averaging
+    assert (pts >= lo - margin).all() and (pts <= hi + margin).all()
+    # the returned similarity maps canonical cell points back to the observed camera points (metres)
+    p_cam = s.view(2, 1, 1, 1) * torch.einsum("bij,bhwj->bhwi", R, coords) + t.view(2, 1, 1, 3)
+    assert (p_cam[..., 2][valid] > 0.1).all()
+
+
+def test_param_groups_cover_every_trainable_parameter() -> None:
+    model = CSENet.from_category("mug", get_config("small", **TINY))
+    groups = build_param_groups(model, "mug", 1e-4)
+    assert [g["name"] for g in groups] == list(PARAM_GROUPS)
+    n_grouped = sum(len(g["params"]) for g in groups)
+    assert n_grouped == sum(1 for p in model.parameters() if p.requires_grad)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["mean_v"] == pytest.approx(1e-6) and lrs["backbone"] == pytest.approx(1e-4)
+
+
+def test_color_jitter_and_render_intrinsics() -> None:
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.rand(3, 3, 8, 8, generator=gen)
+    out = color_jitter(rgb, generator=gen)
+    assert out.shape == rgb.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, rgb)
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    assert torch.allclose(color_jitter(grey, brightness=0, contrast=0, saturation=0, hue=0.05), grey, atol=1e-6)
+    K = torch.tensor([[[100.0, 0.0, 64.0], [0.0, 90.0, 60.0], [0.0, 0.0, 1.0]]])
+    Kr = render_intrinsics(K, 128, 64)
+    # crop pixel i (centre i + 0.5 in K) and render pixel j (centre j) see the same ray when i + 0.5 = 2 (j + 0.5)
+    assert torch.allclose(Kr[0], torch.tensor([[50.0, 0.0, 31.5], [0.0, 45.0, 29.5], [0.0, 0.0, 1.0]]))
+
+
+def test_cli_parses_every_subcommand() -> None:
+    p = build_parser()
+    a = p.parse_args(["train", "--category", "mug", "--data", "d", "--steps", "5", "--resume",
+                      "--model-override", "crop_size=64", "--disable", "texture", "symmetry"])
+    assert a.resume == "auto" and a.model_override == ["crop_size=64"] and a.disable == ["texture", "symmetry"]
+    a = p.parse_args(["evaluate", "--model", "m.onnx", "--data", "d", "--baselines", "pipeline", "pose_head"])
+    assert a.baselines == ["pipeline", "pose_head"]
+    assert p.parse_args(["export", "--checkpoint", "c.pt"]).out_dir == "models"
+    assert p.parse_args(["generate", "--out", "o", "--category", "bowl"]).videos == 10
+    assert p.parse_args(["smoke"]).steps == 250
+    with pytest.raises(SystemExit):
+        p.parse_args(["train", "--category", "teapot", "--data", "d"])
