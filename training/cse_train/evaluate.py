@@ -50,7 +50,7 @@ from cse_pose_ros.core.metrics import METRIC_NAMES, evaluate_pose, summarize
 from cse_pose_ros.core.pose import ObjectPose, pose_from_similarity
 from cse_pose_ros.core.solver import SolverResult
 from cse_pose_ros.inference.backend import ModelOutputs, check_inputs, empty_outputs
-from cse_pose_ros.inference.model_info import ModelInfo, parse_metadata
+from cse_pose_ros.inference.model_info import CONTRACT, ModelInfo, parse_metadata
 from cse_pose_ros.pipeline import PipelineParams, PosePipeline
 
 from .model import CSENet, ExportWrapper, load_checkpoint
@@ -256,7 +256,7 @@ class GTCorrespondenceBackend:
 
     def __init__(self, category: str, crop_size: int, grid_size: int, params: PipelineParams) -> None:
         props = {
-            "contract": "cse_pose/1", "category": category, "crop_size": str(crop_size),
+            "contract": CONTRACT, "category": category, "crop_size": str(crop_size),
             "grid_size": str(grid_size), "num_vertices": "8", "tau": "10",
             "base_rotation": json.dumps(np.eye(3).reshape(9).tolist()),
             "symmetry": "y" if priors.is_symmetric(category) else "none",

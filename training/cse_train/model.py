@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cse_pose_ros.inference.model_info import CONTRACT
+
 from .config import ROTATION_OFFSETS, ModelConfig, config_from_dict
 
 __all__ = [
@@ -758,7 +760,7 @@ class CSENet(nn.Module):
     def metadata(self, training_data: str = "", version: str = "") -> dict[str, str]:
         """The model-contract metadata (DESIGN §4), every value a string."""
         return {
-            "contract": "cse_pose/1",
+            "contract": CONTRACT,
             "category": self.category,
             "crop_size": str(self.cfg.crop_size),
             "grid_size": str(self.cfg.grid_size),

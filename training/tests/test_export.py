@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from cse_pose_ros.inference.model_info import REQUIRED_KEYS
 from cse_train.config import get_config
 from cse_train.export import (
     INPUT_NAMES,
@@ -28,19 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:D
 torch.set_num_threads(2)
 
 TOL = 1e-4
-CONTRACT_KEYS = {
-    "contract",
-    "category",
-    "crop_size",
-    "grid_size",
-    "num_vertices",
-    "tau",
-    "base_rotation",
-    "symmetry",
-    "faces",
-    "training_data",
-    "version",
-}
 
 
 def ellipsoid_prior(rings: int = 14, segments: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +146,7 @@ def test_onnx_graph_signature(exported):
 def test_metadata_props_parse_and_match_outputs(exported):
     model, onnx_path, _ = exported
     meta = read_onnx_metadata(onnx_path)
-    assert set(meta) == CONTRACT_KEYS
+    assert set(meta) == set(REQUIRED_KEYS)
     assert all(isinstance(v, str) for v in meta.values())
     assert meta["contract"] == "cse_pose/1" and meta["category"] == "mug"
     assert float(meta["tau"]) == 10.0 and meta["tau"] == "10"

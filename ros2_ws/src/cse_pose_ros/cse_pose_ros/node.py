@@ -27,11 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -53,6 +51,7 @@ from .markers import (
 )
 from .params import NodeParams, apply_changes, declare_parameters
 from .pipeline import PipelineParams, PosePipeline
+from .runner import run_node
 from .sync import make_subscriber, make_synchronizer
 
 NODE_NAME = "cse_pose_node"
@@ -592,22 +591,7 @@ def limit_blas_threads() -> None:
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``cse_pose_node`` / ``python -m cse_pose_ros``. Returns the exit status."""
     limit_blas_threads()
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    status = 0
-    try:
-        node = PoseNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:  # invalid parameters: one clear line, no traceback
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        status = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return status
+    return run_node(PoseNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

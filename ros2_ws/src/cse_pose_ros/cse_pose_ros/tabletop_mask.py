@@ -723,25 +723,9 @@ class TabletopMaskNode(_RosNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``tabletop_mask_node`` / ``python -m cse_pose_ros.tabletop_mask``; the exit status."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from .runner import run_node
 
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    status = 0
-    try:
-        node = TabletopMaskNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:  # invalid parameters: one clear line
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        status = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return status
+    return run_node(TabletopMaskNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":
