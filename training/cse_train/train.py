@@ -375,6 +375,9 @@ class LossModule(nn.Module):
         self.supervision = supervision
         n = model.num_vertices
         self.register_buffer("laplacian", L.uniform_laplacian(model.faces, n), persistent=False)
+        # Laplacian of the deformation from the initial prior (see losses.laplacian_loss: our procedural priors
+        # have sharp rims the reference form would smooth away).
+        self.register_buffer("rest_vertices", model.mean_v.detach().clone(), persistent=False)
         self.register_buffer("sym_transforms", L.symmetry_transforms(model.category), persistent=False)
         prior = model.mean_v.detach()
         lo, hi = prior.min(0).values, prior.max(0).values
@@ -441,7 +444,7 @@ class LossModule(nn.Module):
         if "symmetry" in on:
             terms["symmetry"] = L.symmetry_loss(out.vertices, m.faces, self.sym_transforms, self.symmetry_samples)
         if "laplacian" in on:
-            terms["laplacian"] = L.laplacian_loss(out.vertices, self.laplacian)
+            terms["laplacian"] = L.laplacian_loss(out.vertices, self.laplacian, self.rest_vertices)
         if "deform" in on:
             terms["deform"] = L.deformation_loss(out.vertices, m.mean_v)
         if "pull_far" in on:

@@ -397,6 +397,10 @@ def test_uniform_laplacian_and_loss():
     lap_b = L.uniform_laplacian(bf, bv.shape[0])
     noisy = bv + 0.1 * torch.randn(bv.shape, generator=_gen())
     assert L.laplacian_loss(noisy[None], lap_b) > L.laplacian_loss(bv[None], lap_b)
+    # Relative to a rest shape: the rest shape itself (sharp box corners) costs nothing, a rough change does.
+    assert L.laplacian_loss(bv[None], lap_b) > 0
+    assert L.laplacian_loss(bv[None], lap_b, rest_vertices=bv).item() == pytest.approx(0.0, abs=1e-12)
+    assert L.laplacian_loss(noisy[None], lap_b, rest_vertices=bv) > 0
 
 
 def test_deformation_and_pull_far():
