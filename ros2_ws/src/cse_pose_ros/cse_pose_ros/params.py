@@ -301,3 +301,19 @@ def apply_changes(current: NodeParams, changes: Iterable[Any]) -> tuple[NodePara
     if problems:
         return None, "; ".join(problems)
     return new, ""
+
+
+def markdown_table(specs: Iterable[ParamSpec] = PARAMS) -> str:
+    """The README's parameter table, generated from the declarations (a test keeps the README in step)."""
+    rows = ["| parameter | default | range / choices | runtime | description |", "|---|---|---|---|---|"]
+    for p in specs:
+        if p.choices:
+            allowed = " \\| ".join(p.choices)
+        elif p.low is not None or p.high is not None:
+            allowed = f"[{p.low:g}, {p.high:g}]"
+        else:
+            allowed = ""
+        default = f"`{p.default!r}`" if isinstance(p.default, str) else f"`{p.default}`"
+        description = p.description.replace("|", "\\|")
+        rows.append(f"| `{p.name}` | {default} | {allowed} | {'no' if p.read_only else 'yes'} | {description} |")
+    return "\n".join(rows)
