@@ -100,6 +100,19 @@ def test_ransac_is_seeded_and_fast_path_matches_umeyama():
     assert res.rms_m == pytest.approx(np.sqrt(np.mean(np.sum((ref.apply(src) - dst) ** 2, 1))), rel=1e-6)
 
 
+def test_few_gross_outliers_are_removed_on_the_least_squares_path():
+    rng = np.random.default_rng(8)
+    src, dst, (s, R, t), _ = similarity_problem(rng, 2000, noise_m=0.003)
+    bad = rng.choice(2000, 100, replace=False)  # 5 %: least squares is accepted as hypothesis 0, then refitted
+    dst[bad] += rng.normal(0, 0.2, (100, 3))
+    res = ransac_umeyama(src, dst, threshold_m=0.01)
+    assert res.hypotheses == 1
+    assert not res.inliers[bad].any() and res.inlier_ratio > 0.9
+    plain = umeyama(src, dst)
+    assert np.linalg.norm(res.t - t) < 0.25 * np.linalg.norm(plain.t - t)
+    assert rotation_error_deg(res.R, R) < 0.5 * rotation_error_deg(plain.R, R)
+
+
 def test_solver_bad_inputs():
     rng = np.random.default_rng(4)
     with pytest.raises(DegenerateGeometryError, match="at least 3"):

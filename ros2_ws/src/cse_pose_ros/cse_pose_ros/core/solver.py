@@ -245,13 +245,14 @@ def ransac_umeyama(
         score_points: hypotheses are scored on this many randomly chosen pairs (all pairs if fewer).
         refine_iterations: after a random hypothesis wins, extra rounds of (re-classify all pairs with the
             refitted model -> refit), stopping early when the inlier set no longer changes. (An accepted
-            least-squares hypothesis is refitted once, without outliers, and not re-classified.)
+            least-squares hypothesis is kept as is when no pair lies beyond twice the threshold, else refitted
+            once without the pairs beyond the threshold.)
         min_inliers: fewer inliers than this raise ``DegenerateGeometryError``.
         min_sin: minimal samples with a triangle angle sine below this are skipped as degenerate.
         seed: RNG seed (``None``: nondeterministic).
     Returns:
-        ``SolverResult``; ``inliers`` are the pairs the final model was fitted on and ``rms_m`` their
-        (weighted) RMS residual under the final model.
+        ``SolverResult``: ``inliers`` are the pairs within ``threshold_m`` of the final model; ``rms_m`` is the
+        (weighted) RMS residual of the pairs the final model was fitted on.
     Raises:
         DegenerateGeometryError: too few pairs or inliers, or only degenerate (collinear) samples.
         InvalidInputError: wrong shapes, dtypes, non-finite values or parameters.
@@ -273,12 +274,18 @@ def ransac_umeyama(
     Z = _stack(src, dst)
     total = _moments(Z, weights)
     try:
-        best = _fit_from_moments(total)[0]
+        best, ls_mse = _fit_from_moments(total)
         hypotheses = 1
-        inliers = _residual_sq(Z, best) < thr2
+        r2 = _residual_sq(Z, best)
+        inliers = r2 < thr2
     except DegenerateGeometryError:
         pass  # e.g. collinear overall: the minimal samples below then fail the same way
     accepted = inliers is not None and np.count_nonzero(inliers) >= early_stop_inlier_ratio * n
+    if accepted and np.count_nonzero(inliers) >= need and float(r2.max()) < 4.0 * thr2:
+        # No pair lies beyond twice the threshold: the pairs outside it are tails of the measurement noise,
+        # not gross outliers, and least squares on everything is already the best estimate. (Dropping
+        # symmetric noise tails would not move it; dropping gross outliers would, hence the 2x test.)
+        return SolverResult(best.scale, best.R, best.t, inliers, float(np.sqrt(ls_mse)), float(inliers.mean()), 1)
 
     if not accepted:
         rng = np.random.default_rng(seed)
@@ -337,10 +344,9 @@ def ransac_umeyama(
         else:
             m = _moments(Z[:, inliers], None if weights is None else weights[inliers])
         best, mse = _fit_from_moments(m)
-        if it == rounds - 1:
-            break
-        new_inliers = _residual_sq(Z, best) < thr2
-        if np.array_equal(new_inliers, inliers):
+        new_inliers = _residual_sq(Z, best) < thr2  # classify all pairs with the refitted model
+        if it == rounds - 1 or np.array_equal(new_inliers, inliers):
+            inliers = new_inliers
             break
         inliers = new_inliers
     return SolverResult(best.scale, best.R, best.t, inliers, float(np.sqrt(mse)), float(inliers.mean()), hypotheses)
