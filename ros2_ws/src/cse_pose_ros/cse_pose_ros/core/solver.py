@@ -22,6 +22,8 @@ from .errors import DegenerateGeometryError, InvalidInputError
 
 #: Relative singular-value floor below which the pairs are treated as collinear.
 _COLLINEAR_RTOL = 1e-6
+#: Template of the (3, 6) map [scale R | -I] that turns a stacked pair [x; y] into its residual.
+_RESIDUAL_MAP = np.hstack([np.zeros((3, 3)), -np.eye(3)])
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None)
 
 def _residual_sq(Z: np.ndarray, model: Similarity) -> np.ndarray:
     """(n,) squared residuals ``|scale R x + t - y|^2`` of the pairs in Z (6, n)."""
-    M = np.empty((3, 6))
-    M[:, :3] = model.scale * model.R
-    M[:, 3:] = -np.eye(3)
+    M = _RESIDUAL_MAP.copy()  # [scale R | -I]
+    np.multiply(model.R, model.scale, out=M[:, :3])
     e = M @ Z
     e += model.t[:, None]
     e *= e
@@ -280,12 +281,13 @@ def ransac_umeyama(
         inliers = r2 < thr2
     except DegenerateGeometryError:
         pass  # e.g. collinear overall: the minimal samples below then fail the same way
-    accepted = inliers is not None and np.count_nonzero(inliers) >= early_stop_inlier_ratio * n
-    if accepted and np.count_nonzero(inliers) >= need and float(r2.max()) < 4.0 * thr2:
+    count0 = int(np.count_nonzero(inliers)) if inliers is not None else 0
+    accepted = count0 >= early_stop_inlier_ratio * n and inliers is not None
+    if accepted and count0 >= need and float(r2.max()) < 4.0 * thr2:
         # No pair lies beyond twice the threshold: the pairs outside it are tails of the measurement noise,
         # not gross outliers, and least squares on everything is already the best estimate. (Dropping
         # symmetric noise tails would not move it; dropping gross outliers would, hence the 2x test.)
-        return SolverResult(best.scale, best.R, best.t, inliers, float(np.sqrt(ls_mse)), float(inliers.mean()), 1)
+        return SolverResult(best.scale, best.R, best.t, inliers, float(np.sqrt(ls_mse)), count0 / n, 1)
 
     if not accepted:
         rng = np.random.default_rng(seed)
