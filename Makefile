@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose_ros/setup
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint demo bench bench-solver train-smoke export clean
+.PHONY: setup test lint demo bench bench-gpu bench-solver train-smoke export clean
 
 $(VENV)/.stamp: $(SETUP_INPUTS)
 	bash scripts/setup.sh
@@ -21,6 +21,12 @@ lint: $(VENV)/.stamp  ## ruff
 
 demo: $(VENV)/.stamp  ## synthetic camera + pose node over DDS; per-frame errors, annotated PNG (DEMO_ARGS=...)
 	bash scripts/demo.sh $(DEMO_ARGS)
+
+bench: $(VENV)/.stamp  ## per-stage latency: node pipeline (onnxruntime/torch) vs the reference-equivalent peer; memory over 10,000 frames (BENCH_ARGS=...)
+	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench.py $(BENCH_ARGS)
+
+bench-gpu: $(VENV)/.stamp  ## the same table on an NVIDIA GPU (installs onnxruntime-gpu + TensorRT into .venv if missing)
+	bash scripts/bench_gpu.sh $(BENCH_ARGS)
 
 bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d RANSAC
 	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench_solver.py

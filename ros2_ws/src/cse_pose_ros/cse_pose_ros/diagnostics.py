@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-STAGES = ("decode", "crop", "model", "select", "solve", "pose", "refine", "publish", "total")
+STAGES = ("decode", "crop", "model", "select", "lift", "solve", "pose", "refine", "publish", "total")
 """Latency stages reported (in this order); unknown stage names from the pipeline are appended."""
 
 OK, WARN, ERROR = 0, 1, 2

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .core.camera import validate_intrinsics
-from .core.correspondence import select_correspondences
-from .core.crop import CropBox, crop_box_from_mask, crop_image, downsample_mask
+from .core.correspondence import lift_pixels, select_pixels
+from .core.crop import CropBox, crop_box_from_mask, crop_image, crop_planes, downsample_mask
 from .core.errors import InvalidInputError, PoseError
 from .core.pose import ObjectPose, pose_from_similarity
 from .core.solver import ransac_umeyama
@@ -32,7 +32,8 @@ from .inference.backend import InferenceBackend
 LOG = logging.getLogger(__name__)
 
 #: Timing keys of :attr:`FrameResult.timings_ms` (milliseconds, summed over instances), plus ``total``.
-STAGES: tuple[str, ...] = ("crop", "model", "select", "solve", "pose")
+#: ``select`` = confidence threshold + pixel selection, ``lift`` = back-projection into 3D-3D pairs.
+STAGES: tuple[str, ...] = ("crop", "model", "select", "lift", "solve", "pose")
 
 REASON_UNKNOWN_CATEGORY = "unknown_category"
 REASON_MODEL_ERROR = "model_error"
@@ -295,7 +296,6 @@ class PosePipeline:
         inst = mask == instance_id
         box = crop_box_from_mask(inst, slot.S, p.enlarge)
         rows, cols, local = _window(box, rgb.shape[1], rgb.shape[0])
-        rgb_crop = crop_image(rgb[rows, cols], local, "bilinear")  # (S, S, 3) float32 in 0..255
         mask_crop = crop_image(inst[rows, cols], local, "nearest")  # (S, S) bool, legacy: the model's input
         if p.depth_sampling == "aligned":
             select_mask = crop_image(inst[rows, cols], local, "nearest-exact")
@@ -308,7 +308,9 @@ class PosePipeline:
         depth_crop = np.where(valid, depth_crop, np.float32(0.0))
         b = len(items)
         rgb_batch, mask_batch = slot.buffers(b + 1)
-        np.multiply(rgb_crop.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=rgb_batch[b])
+        # RGB bilinear straight into the batch row, channel-first (= crop_image(..., "bilinear"), bit for bit)
+        rgb_row = crop_planes(rgb[rows, cols].transpose(2, 0, 1), local, out=rgb_batch[b])
+        rgb_row *= np.float32(1.0 / 255.0)
         mask_batch[b, 0] = downsample_mask(mask_crop, slot.G)
         items.append(_Pending(index, box, select_mask, depth_crop))
         return box
@@ -328,10 +330,12 @@ class PosePipeline:
         p = self.params
         try:
             with _timed(timings, "select"):
-                pairs = select_correspondences(
-                    match, confidence, item.mask_crop, item.depth_crop, item.box, K,
+                selection = select_pixels(
+                    match, confidence, item.mask_crop, item.depth_crop, item.box,
                     confidence_floor=p.confidence_floor, min_pairs=p.min_correspondences,
                 )
+            with _timed(timings, "lift"):
+                pairs = lift_pixels(selection, match, item.depth_crop, item.box, K)
             with _timed(timings, "solve"):
                 fit = ransac_umeyama(
                     pairs.src, pairs.dst, pairs.weights,

@@ -62,6 +62,96 @@ def confidence_threshold(confidence: np.ndarray, mask: np.ndarray, floor: float 
     return float(min(sel.mean(), floor))
 
 
+@dataclass(frozen=True)
+class PixelSelection:
+    """Crop pixels kept by :func:`select_pixels` (the pairs before lifting).
+
+    Attributes:
+        v, u: (n,) int64 crop row and column of each kept pixel.
+        weights: (n,) float64 upsampled confidence of each kept pixel, in (0, 1].
+        threshold: the confidence threshold theta that was applied.
+        mean_confidence: mean upsampled confidence over the instance's mask (before thresholding).
+    """
+
+    v: np.ndarray
+    u: np.ndarray
+    weights: np.ndarray
+    threshold: float
+    mean_confidence: float
+
+
+def select_pixels(
+    match: np.ndarray,
+    confidence: np.ndarray,
+    mask_crop: np.ndarray,
+    depth_crop_m: np.ndarray,
+    box: CropBox,
+    confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
+    min_pairs: int = 3,
+) -> PixelSelection:
+    """Confidence threshold and pixel selection (reference sections 2.4-2.5), without lifting.
+
+    Arguments, checks and errors as :func:`select_correspondences` (``match`` is only shape-checked here).
+    Returns:
+        :class:`PixelSelection`.
+    """
+    S = box.size
+    match = np.asarray(match)
+    confidence = np.asarray(confidence)
+    G = confidence.shape[0] if confidence.ndim == 2 else -1
+    if confidence.ndim != 2 or confidence.shape != (G, G) or match.shape != (G, G, 3):
+        raise InvalidInputError(
+            f"need match (G,G,3) and confidence (G,G); got {match.shape} and {confidence.shape}"
+        )
+    if np.shape(mask_crop) != (S, S) or np.shape(depth_crop_m) != (S, S):
+        raise InvalidInputError(
+            f"mask and depth crops must be ({S}, {S}); got {np.shape(mask_crop)} and {np.shape(depth_crop_m)}"
+        )
+    mask = np.asarray(mask_crop) != 0
+    if not mask.any():
+        raise EmptyMaskError("instance mask is empty inside its crop")
+    depth = np.asarray(depth_crop_m, dtype=np.float32)
+    conf_up = upsample_grid(confidence, S, "bilinear")
+    mean_conf = float(conf_up[mask].mean())
+    theta = min(mean_conf, float(confidence_floor))
+    valid_depth = mask & (depth > 0)  # decode_depth already turned NaN/inf/out-of-range into 0
+    if not valid_depth.any():
+        raise InvalidDepthError("no valid depth inside the instance mask")
+    keep = valid_depth & (conf_up >= theta) & (conf_up > 0)
+    v, u = np.nonzero(keep)
+    if len(u) < max(3, min_pairs):
+        raise DegenerateGeometryError(
+            f"only {len(u)} confident pixels with valid depth (need {max(3, min_pairs)}; theta={theta:.2f})"
+        )
+    return PixelSelection(v, u, conf_up[v, u].astype(np.float64), theta, mean_conf)
+
+
+def lift_pixels(
+    selection: PixelSelection, match: np.ndarray, depth_crop_m: np.ndarray, box: CropBox, K: np.ndarray
+) -> Correspondences:
+    """Selected crop pixels -> canonical/camera point pairs (reference section 2.6).
+
+    Args:
+        selection: from :func:`select_pixels` on the same ``match``, depth crop and box.
+        match: (G, G, 3) canonical point per grid cell (legacy-nearest upsampled to the crop).
+        depth_crop_m: (S, S) depth of the crop in metres.
+        box: the crop. K: (3, 3) intrinsics of the ORIGINAL image.
+    Returns:
+        ``Correspondences`` (float64 arrays).
+    """
+    match = np.asarray(match)
+    G, S = match.shape[0], box.size
+    v, u = selection.v, selection.u
+    cell = (v * G) // S, (u * G) // S  # legacy-nearest upsampling of the match grid
+    src = match[cell].astype(np.float64)
+    x, y = crop_to_image(u, v, box)
+    depth = np.asarray(depth_crop_m, dtype=np.float32)
+    dst = backproject(x, y, depth[v, u], K)
+    return Correspondences(
+        src, dst, selection.weights, np.stack([x, y], 1), selection.threshold, selection.mean_confidence
+    )
+
+
 def select_correspondences(
     match: np.ndarray,
     confidence: np.ndarray,
@@ -73,6 +163,8 @@ def select_correspondences(
     min_pairs: int = 3,
 ) -> Correspondences:
     """Confident, depth-valid crop pixels -> canonical/camera point pairs (reference sections 2.4-2.6).
+
+    :func:`select_pixels` followed by :func:`lift_pixels` (the node times the two separately).
 
     Args:
         match: (G, G, 3) canonical point per grid cell.
@@ -88,34 +180,5 @@ def select_correspondences(
     Raises:
         EmptyMaskError, InvalidDepthError, DegenerateGeometryError, InvalidInputError.
     """
-    S = box.size
-    match = np.asarray(match)
-    confidence = np.asarray(confidence)
-    G = confidence.shape[0] if confidence.ndim == 2 else -1
-    if confidence.ndim != 2 or confidence.shape != (G, G) or match.shape != (G, G, 3):
-        raise InvalidInputError(f"need match (G,G,3) and confidence (G,G); got {match.shape} and {confidence.shape}")
-    if np.shape(mask_crop) != (S, S) or np.shape(depth_crop_m) != (S, S):
-        raise InvalidInputError(
-            f"mask and depth crops must be ({S}, {S}); got {np.shape(mask_crop)} and {np.shape(depth_crop_m)}"
-        )
-    mask = np.asarray(mask_crop) != 0
-    if not mask.any():
-        raise EmptyMaskError("instance mask is empty inside its crop")
-    depth = np.asarray(depth_crop_m, dtype=np.float32)
-    conf_up = upsample_grid(confidence.astype(np.float32, copy=False), S, "bilinear")
-    mean_conf = float(conf_up[mask].mean())
-    theta = min(mean_conf, float(confidence_floor))
-    valid_depth = mask & (depth > 0)  # decode_depth already turned NaN/inf/out-of-range into 0
-    if not valid_depth.any():
-        raise InvalidDepthError("no valid depth inside the instance mask")
-    keep = valid_depth & (conf_up >= theta) & (conf_up > 0)
-    v, u = np.nonzero(keep)
-    if len(u) < max(3, min_pairs):
-        raise DegenerateGeometryError(
-            f"only {len(u)} confident pixels with valid depth (need {max(3, min_pairs)}; theta={theta:.2f})"
-        )
-    cell = (v * G) // S, (u * G) // S  # legacy-nearest upsampling of the match grid
-    src = match[cell].astype(np.float64)
-    x, y = crop_to_image(u, v, box)
-    dst = backproject(x, y, depth[v, u], K)
-    return Correspondences(src, dst, conf_up[v, u].astype(np.float64), np.stack([x, y], 1), theta, mean_conf)
+    selection = select_pixels(match, confidence, mask_crop, depth_crop_m, box, confidence_floor, min_pairs)
+    return lift_pixels(selection, match, depth_crop_m, box, K)

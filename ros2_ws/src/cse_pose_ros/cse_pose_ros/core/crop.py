@@ -139,20 +139,46 @@ def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear")
         raise InvalidInputError(
             f"interpolation must be 'bilinear', 'nearest' or 'nearest-exact', got {interpolation!r}"
         )
+    if image.ndim == 2:
+        return crop_planes(image[None], box)[0]
+    return crop_planes(image.transpose(2, 0, 1), box).transpose(1, 2, 0)
+
+
+def crop_planes(planes: np.ndarray, box: CropBox, out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear crop of channel-first planes (the one bilinear resampler; ``crop_image`` calls it).
+
+    The two column taps are gathered in the input dtype (e.g. uint8) and mixed for every row of ``planes``
+    once, then the two row taps of that mix, in float32: no float copy of the whole image is made.
+
+    Args:
+        planes: (C, H, W) array, any real dtype and strides (e.g. ``rgb_window.transpose(2, 0, 1)``).
+        box: the crop, relative to ``planes`` (S = ``box.size``).
+        out: optional (C, S, S) float32 array to write into.
+    Returns:
+        (C, S, S) float32 crop (``out`` when given); zero weight outside the planes (zero padding).
+    """
+    planes = np.asarray(planes)
+    if planes.ndim != 3:
+        raise InvalidInputError(f"planes must be (C, H, W), got shape {planes.shape}")
+    _, H, W = planes.shape
+    S = box.size
     r, wr = _bilinear_taps(box.y0, box.half_y, S, H)
     c, wc = _bilinear_taps(box.x0, box.half_x, S, W)
-    img = image.astype(np.float32, copy=False)
-    out = None
-    for a in range(2):
-        rows = img[r[:, a]]  # (S, W[, C])
-        row_mix = None
-        for b in range(2):
-            w = wc[:, b] if image.ndim == 2 else wc[:, b, None]
-            term = rows[:, c[:, b]] * w
-            row_mix = term if row_mix is None else row_mix + term
-        wa = wr[:, a, None] if image.ndim == 2 else wr[:, a, None, None]
-        out = row_mix * wa if out is None else out + row_mix * wa
+    mix = np.take(planes, c[:, 0], axis=2).astype(np.float32, copy=False)  # (C, H, S), a new array
+    mix *= wc[:, 0]
+    right = np.take(planes, c[:, 1], axis=2).astype(np.float32, copy=False)
+    right *= wc[:, 1]
+    mix += right
+    top = np.take(mix, r[:, 0], axis=1)  # (C, S, S)
+    top *= wr[:, 0, None]
+    bottom = np.take(mix, r[:, 1], axis=1)
+    bottom *= wr[:, 1, None]
+    if out is None:
+        top += bottom
+        return top
+    np.add(top, bottom, out=out)
     return out
+
 
 
 def crop_intrinsics(K: np.ndarray, box: CropBox) -> np.ndarray:

@@ -292,11 +292,11 @@ def ransac_umeyama(
     if not accepted:
         rng = np.random.default_rng(seed)
         sub = np.arange(n) if n <= score_points else rng.integers(0, n, score_points)
-        src_s, dst_s = src[sub], dst[sub]
+        Zs = Z[:, sub]  # (6, m) scoring subset
         w_s = None if weights is None else weights[sub]
         best_score = -1.0
         if best is not None:
-            inl = _residual_sq(Z[:, sub], best) < thr2
+            inl = _residual_sq(Zs, best) < thr2
             best_score = float(inl.sum()) if w_s is None else float(w_s[inl].sum())
         needed, drawn, any_ok = max_hypotheses, 0, False
         while drawn < min(needed, max_hypotheses):
@@ -309,10 +309,12 @@ def ransac_umeyama(
             any_ok = True
             scale, R, t = scale[ok], R[ok], t[ok]
             hypotheses += len(scale)
-            # residuals of every hypothesis on the scoring subset: (h, m)
-            pred = np.einsum("mj,hij->hmi", src_s, R * scale[:, None, None]) + t[:, None]
-            pred -= dst_s
-            inl = np.einsum("hmi,hmi->hm", pred, pred) < thr2
+            # residuals of every hypothesis on the scoring subset, one batched matmul: (h, 3, m)
+            e = (R * scale[:, None, None]) @ Zs[:3]
+            e += t[:, :, None]
+            e -= Zs[3:]
+            e *= e
+            inl = e.sum(axis=1) < thr2  # (h, m)
             score = inl.sum(axis=1).astype(float) if w_s is None else inl @ w_s
             k = int(np.argmax(score))
             if score[k] > best_score:

@@ -1,0 +1,1045 @@
+#!/usr/bin/env python3
+"""`make bench`: per-stage latency of the node pipeline vs a reference-equivalent peer, and memory growth.
+
+One run, the same 640x480 frames (1 and 5 objects) for every method, methods interleaved frame by frame so
+that load from other processes hits them alike:
+
+* **ours**, once per available backend (onnxruntime CPU with its default intra-op threads as the node
+  runs it and with 1 thread, TorchScript CPU; CUDA EP, TensorRT FP16 and TorchScript CUDA when present):
+  the node's frame path without DDS input: ``sensor_msgs`` messages -> decode (``image_to_numpy``,
+  ``decode_depth``, instance ids) -> :class:`~cse_pose_ros.pipeline.PosePipeline` (crop, model,
+  select, lift, solve, pose) -> message build (PoseStamped, PoseArray, MarkerArray with mesh, diagnostics)
+  -> rclpy ``publish`` on a node without subscribers.
+* **reference**: :class:`cse_train.reference_pipeline.ReferencePipeline` (eager torch CSE network at the
+  paper's sizes S 256 / G 64, the reference crop, confidence upsampling and selection, the 100-iteration
+  5-point RANSAC-Umeyama), after the same decode; it builds and publishes no messages.
+
+Model weights: the trained ``models/<category>.onnx`` (and ``.pt``) when present, else random
+initialisation exported with ``cse_train.export`` into a temporary folder (the header says which). The
+network's *compute* does not depend on its weights, but what the solver gets does: random weights give
+garbage correspondences and drive our RANSAC to its worst case (every hypothesis drawn). By default
+(``--correspondences oracle``) the network runs (and is timed) and then the downstream stages of both
+pipelines receive the match and confidence of the oracle model of ``cse_pose_ros.testing`` (exact
+correspondences of the rendered frame) with ``--outlier-ratio`` of the cells replaced by random canonical
+points and ``--match-noise`` added, like a trained network's output; the oracle's own run is excluded from
+the timings. ``--correspondences network`` passes the random network's outputs through.
+
+Memory: RSS (and GPU memory where a GPU runs) after 100 and after ``--mem-frames`` frames of one method
+through the whole node path. On CPU the 10,000 frames of the small network would not fit the 5-minute
+budget of ``make bench``, so by default (``--mem-model auto``) the memory run on CPU swaps the network for
+the oracle ONNX model in the same onnxruntime backend (1 object; every other stage unchanged, except that
+the mesh marker is the oracle's 14-vertex box instead of the prior); ``--mem-model network`` runs the real
+network (about 4 minutes on this machine).
+
+Times are milliseconds of wall clock per frame; e2e is the whole frame (decode to publish), so stages need
+not sum to it exactly. BLAS is limited to one thread as in the node (``node.limit_blas_threads``); torch
+(TorchScript backend and the peer) runs with ``--torch-threads`` (default 1: its 2-thread OpenMP pool was
+10x slower on this busy 2-core machine); onnxruntime runs with its default intra-op threads (the node's
+setting) and with 1 (row ``ort-cpu-1t``). Python's cyclic GC is frozen after set-up (``--no-gc-freeze``):
+the bench process holds torch and the peer, which the node does not, and full GC passes over them would
+add pauses to our frames that the node does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Columns of the table, in order (``e2e`` last). "select" = confidence threshold + pixel selection.
+STAGES: tuple[str, ...] = ("decode", "crop", "model", "select", "lift", "solve", "pose", "msg", "publish")
+E2E = "e2e"
+#: e2e without the MarkerArray (build + publish): the node builds markers only while a subscriber exists.
+E2E_NO_MARKERS = "e2e-nomk"
+#: Targets of the bench issue (2-core CPU, small model).
+TARGET_P50_MS = {1: 30.0, 5: 80.0}
+TARGET_SPEEDUP = 3.0
+TARGET_GROWTH_MIB = 5.0
+#: Backends the bench knows, in table order: name -> (``load_model`` backend, onnxruntime intra-op threads).
+BACKENDS: dict[str, tuple[str, int]] = {
+    "ort-cpu": ("cpu", 0),
+    "ort-cpu-1t": ("cpu", 1),
+    "torch": ("torch", 0),
+    "ort-cuda": ("cuda", 0),
+    "ort-trt": ("tensorrt", 0),
+}
+GPU_BACKENDS = ("ort-cuda", "ort-trt")
+WIDTH, HEIGHT, F_PX = 640, 480, 600.0
+#: Object size of the rendered boxes: this factor times the oracle's canonical extents (1.4, 2.0, 1.2).
+OBJECT_SCALE_M = 0.06
+
+
+# ---------------------------------------------------------------------------------------------------
+# small utilities
+# ---------------------------------------------------------------------------------------------------
+def rss_mib() -> float:
+    """Resident set size of this process in MiB (Linux ``/proc/self/statm``; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def gpu_memory_mib(pid: int | None = None) -> float | None:
+    """GPU memory of process ``pid`` (default: this one) in MiB per ``nvidia-smi``; None without a GPU."""
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    pid = os.getpid() if pid is None else pid
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = 0.0
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            total += float(parts[1])
+    return total
+
+
+def load_average() -> str:
+    """``1/5/15-minute`` load average as text ('n/a' where the OS has none)."""
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def percentiles(samples: Sequence[float]) -> tuple[float, float]:
+    """(p50, p95) of the samples (linear interpolation); NaN for none."""
+    if len(samples) == 0:
+        return float("nan"), float("nan")
+    a = np.asarray(samples, dtype=np.float64)
+    return float(np.percentile(a, 50)), float(np.percentile(a, 95))
+
+
+def limit_blas_threads() -> str:
+    """One BLAS thread, as the node (``node.limit_blas_threads``). Returns a description for the header."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return "threadpoolctl missing: BLAS threads not limited"
+    threadpool_limits(limits=1, user_api="blas")
+    libs = [
+        f"{i['internal_api']}={i['num_threads']}" for i in threadpool_info() if i.get("user_api") == "blas"
+    ]
+    return "BLAS threads: " + (", ".join(sorted(set(libs))) or "no BLAS loaded")
+
+
+# ---------------------------------------------------------------------------------------------------
+# frames
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Scene:
+    """One rendered frame and its ROS messages.
+
+    Attributes:
+        n_objects: instances in the mask (ids 1..n).
+        rgb: (H, W, 3) uint8. depth_m: (H, W) float32 metres. mask: (H, W) uint8 instance ids. K: (3, 3).
+        msgs: (rgb8 Image, 16UC1 Image in mm, mono8 mask Image, CameraInfo), as a subscription delivers them.
+        poses: per object (R (3, 3), t (3,) m, size (3,) m), object -> camera.
+    """
+
+    n_objects: int
+    rgb: np.ndarray
+    depth_m: np.ndarray
+    mask: np.ndarray
+    K: np.ndarray
+    msgs: tuple[Any, Any, Any, Any]
+    poses: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _object_layout(n_objects: int) -> list[np.ndarray]:
+    """Box centres (camera frame, m) of ``n_objects`` non-overlapping objects on a table 0.6-0.75 m away."""
+    if n_objects == 1:
+        return [np.array([0.02, 0.03, 0.6])]
+    xs = np.linspace(-0.24, 0.24, n_objects)
+    return [np.array([x, 0.03 + 0.04 * (i % 2), 0.7 + 0.05 * (i % 2)]) for i, x in enumerate(xs)]
+
+
+def make_scene(n_objects: int, seed: int = 0, width: int = WIDTH, height: int = HEIGHT) -> Scene:
+    """Render ``n_objects`` boxes in NOCS colours (the oracle's input) and wrap the frame in messages."""
+    from sensor_msgs.msg import CameraInfo
+
+    from cse_pose_ros.conversions import numpy_to_image
+    from cse_pose_ros.testing import DEFAULT_EXTENTS, default_intrinsics, random_rotation, render_oracle_frame
+
+    rng = np.random.default_rng(seed + 101 * n_objects)
+    K = default_intrinsics(width, height, F_PX)
+    size = OBJECT_SCALE_M * np.asarray(DEFAULT_EXTENTS)
+    poses = [(random_rotation(rng), t, size) for t in _object_layout(n_objects)]
+    rgb, depth, ids = render_oracle_frame(
+        *poses[0], K, width, height, extra_objects=poses[1:], background_depth_m=1.5
+    )
+    mask = ids.astype(np.uint8)
+    depth_mm = np.round(depth * 1000.0).astype(np.uint16)
+    rgb_msg = numpy_to_image(rgb, "rgb8")
+    rgb_msg.header.frame_id = "camera_color_optical_frame"
+    rgb_msg.header.stamp.sec = 1
+    depth_msg = numpy_to_image(depth_mm, "16UC1", header=rgb_msg.header)
+    mask_msg = numpy_to_image(mask, "mono8", header=rgb_msg.header)
+    info = CameraInfo(header=rgb_msg.header, width=width, height=height)
+    info.k = [float(x) for x in K.reshape(-1)]
+    return Scene(
+        n_objects,
+        rgb,
+        depth_mm.astype(np.float32) / 1000.0,
+        mask,
+        K,
+        (rgb_msg, depth_msg, mask_msg, info),
+        poses,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ModelFiles:
+    """Model files used by the run. ``onnx``/``torchscript``: our network; ``oracle``: (S, G) -> oracle ONNX;
+    ``weights``: text for the header."""
+
+    onnx: Path
+    torchscript: Path | None
+    oracle: dict[tuple[int, int], Path] = field(default_factory=dict)
+    weights: str = ""
+
+
+def prepare_models(models_dir: Path, out_dir: Path, category: str, config: str, seed: int) -> ModelFiles:
+    """Trained ``models_dir/<category>.onnx`` (+ ``.pt``) if present, else a random-init ``config`` export.
+
+    The export (``cse_train.export``) writes ``out_dir/<config>/<category>.onnx`` and ``.pt``.
+    """
+    trained = models_dir / f"{category}.onnx"
+    if trained.is_file():
+        pt = trained.with_suffix(".pt")
+        return ModelFiles(trained, pt if pt.is_file() else None, weights=f"trained: {trained}")
+    import torch
+
+    from cse_train.config import get_config
+    from cse_train.export import export_onnx, export_torchscript
+    from cse_train.model import CSENet
+
+    torch.manual_seed(seed)
+    model = CSENet.from_category(category, get_config(config)).eval()
+    folder = out_dir / config
+    onnx_path = export_onnx(model, folder / f"{category}.onnx", "random init (bench)", f"bench-seed{seed}")
+    pt_path = export_torchscript(model, folder / f"{category}.pt", "random init (bench)", f"bench-seed{seed}")
+    return ModelFiles(
+        onnx_path,
+        pt_path,
+        weights=f"random init (seed {seed}), '{config}' config, exported by cse_train.export to {folder}",
+    )
+
+
+def oracle_model(files: ModelFiles, out_dir: Path, category: str, crop_size: int, grid_size: int) -> Path:
+    """The oracle ONNX for (S, G), written once into ``out_dir``."""
+    from cse_pose_ros.testing import write_oracle_model
+
+    key = (crop_size, grid_size)
+    if key not in files.oracle:
+        files.oracle[key] = write_oracle_model(
+            out_dir / f"oracle_{crop_size}_{grid_size}" / f"{category}.onnx",
+            category=category,
+            crop_size=crop_size,
+            grid_size=grid_size,
+        )
+    return files.oracle[key]
+
+
+class Corruptor:
+    """Noise and outliers for oracle correspondences (fixed per batch size and seed, so frames repeat).
+
+    ``apply(match (B, G, G, 3))`` returns a corrupted copy: Gaussian noise of std ``noise`` (canonical units)
+    on every cell and a fraction ``outlier_ratio`` of the cells replaced by uniform points in [-1, 1]^3.
+    """
+
+    def __init__(self, outlier_ratio: float, noise: float, seed: int = 0) -> None:
+        self.outlier_ratio, self.noise, self.seed = float(outlier_ratio), float(noise), int(seed)
+        self._cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def apply(self, match: np.ndarray) -> np.ndarray:
+        shape = tuple(match.shape)
+        if shape not in self._cache:
+            rng = np.random.default_rng(self.seed)
+            cells = int(np.prod(shape[:-1]))
+            noise = (rng.normal(0.0, self.noise, shape)).astype(np.float32)
+            out_idx = rng.choice(cells, int(round(self.outlier_ratio * cells)), replace=False)
+            out_val = rng.uniform(-1.0, 1.0, (len(out_idx), 3)).astype(np.float32)
+            self._cache[shape] = (noise, out_idx, out_val)
+        noise, out_idx, out_val = self._cache[shape]
+        out = match + noise
+        out.reshape(-1, 3)[out_idx] = out_val
+        return out
+
+
+class OracleOutputs:
+    """``InferenceBackend`` wrapper: the network runs (what the bench times), then the pipeline gets the
+    network's vertices with the oracle's corrupted match and confidence. ``extra_ms`` accumulates the
+    oracle's own time, which the bench subtracts. With ``network=None`` the oracle is the model (its
+    vertices, a 14-vertex box, and its time count; the memory run on CPU)."""
+
+    def __init__(self, network: Any | None, oracle: Any, corruptor: Corruptor) -> None:
+        self.network = network
+        self.oracle = oracle
+        self.corruptor = corruptor
+        self.info = (network or oracle).info
+        self.name = (network or oracle).name
+        self.extra_ms = 0.0
+
+    def run(self, rgb_crops: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        vertices = None if self.network is None else self.network.run(rgb_crops, masks)[0]
+        t0 = time.perf_counter()
+        oracle_vertices, match, confidence = self.oracle.run(rgb_crops, masks)
+        match = self.corruptor.apply(match)
+        if vertices is None:
+            return oracle_vertices, match, confidence
+        self.extra_ms += (time.perf_counter() - t0) * 1e3
+        return vertices, match, confidence
+
+
+# ---------------------------------------------------------------------------------------------------
+# our node path
+# ---------------------------------------------------------------------------------------------------
+class Publishers:
+    """rclpy publishers of the node's outputs on a private node without subscribers.
+
+    Without a working rclpy/RMW, ``publish`` falls back to ``rclpy.serialization.serialize_message``
+    (``mode`` says which)."""
+
+    def __init__(self) -> None:
+        self.mode = "rclpy publish() (Python->C conversion + Fast DDS serialisation), no subscriber"
+        self._node = None
+        self._context = None
+        self._pubs: dict[type, Any] = {}
+        try:
+            import rclpy
+
+            self._context = rclpy.Context()  # private: never touches the default context of the process
+            rclpy.init(args=[], context=self._context)
+            self._node = rclpy.create_node(f"cse_pose_bench_{os.getpid()}", context=self._context)
+        except Exception as exc:  # noqa: BLE001 - any RMW problem -> serialisation fallback
+            self.mode = f"serialize_message only (rclpy unavailable: {type(exc).__name__}: {exc})"
+
+    def publish(self, msg: Any) -> None:
+        if self._node is None:
+            from rclpy.serialization import serialize_message
+
+            serialize_message(msg)
+            return
+        pub = self._pubs.get(type(msg))
+        if pub is None:
+            topic = f"~/{type(msg).__name__.lower()}"
+            pub = self._pubs[type(msg)] = self._node.create_publisher(type(msg), topic, 10)
+        pub.publish(msg)
+
+    def close(self) -> None:
+        if self._node is not None:
+            self._node.destroy_node()
+            self._node = None
+        if self._context is not None:
+            self._context.try_shutdown()
+            self._context = None
+
+
+class NodeMethod:
+    """Our node's frame path (see the module docstring) with one model backend.
+
+    Args:
+        label: row label. model: an ``InferenceBackend`` (possibly :class:`OracleOutputs`).
+        publishers: shared :class:`Publishers`. category: category of every instance.
+    """
+
+    def __init__(self, label: str, model: Any, publishers: Publishers, category: str) -> None:
+        from cse_pose_ros.diagnostics import FrameStats
+        from cse_pose_ros.pipeline import PipelineParams, PosePipeline
+
+        self.label = label
+        self.model = model
+        self.category = category
+        self.params = PipelineParams()
+        self.pipeline = PosePipeline({category: model}, self.params)
+        self.faces = {category: np.asarray(model.info.faces)}
+        self.stats = FrameStats(100)
+        self.publishers = publishers
+        self._k_cache: tuple[Any, np.ndarray] | None = None
+
+    def _intrinsics(self, info: Any, w: int, h: int) -> np.ndarray:
+        from cse_pose_ros.conversions import camera_info_to_K
+        from cse_pose_ros.core.camera import scale_intrinsics
+
+        key = (bytes(np.asarray(info.k, np.float64)), info.width, info.height, w, h)
+        if self._k_cache is None or self._k_cache[0] != key:
+            K, wh = camera_info_to_K(info)
+            self._k_cache = (key, K if wh == (w, h) else scale_intrinsics(K, wh, (w, h)))
+        return self._k_cache[1]
+
+    def run(self, scene: Scene) -> dict[str, float]:
+        """One frame, decode to publish. Returns ms per stage of :data:`STAGES` and ``e2e``."""
+        from cse_pose_ros import diagnostics as diag
+        from cse_pose_ros.conversions import image_to_numpy
+        from cse_pose_ros.core.camera import decode_depth
+        from cse_pose_ros.markers import build_marker_array, pose_array, pose_stamped
+        from cse_pose_ros.node import instance_classes
+
+        extra0 = getattr(self.model, "extra_ms", 0.0)
+        rgb_msg, depth_msg, mask_msg, info_msg = scene.msgs
+        t0 = time.perf_counter()
+        rgb = image_to_numpy(rgb_msg, "rgb")
+        depth_raw = image_to_numpy(depth_msg, "depth")
+        mask = image_to_numpy(mask_msg, "mask")
+        h, w = rgb.shape[:2]
+        if depth_raw.shape != (h, w) or mask.shape != (h, w):
+            raise RuntimeError("bench frame: image sizes differ")
+        K = self._intrinsics(info_msg, w, h)
+        depth_m = decode_depth(
+            depth_raw, depth_msg.encoding, self.params.min_depth_m, self.params.max_depth_m
+        )
+        if not depth_m.any():
+            raise RuntimeError("bench frame: no valid depth")
+        classes = instance_classes(mask, self.category, {})
+        t1 = time.perf_counter()
+        result = self.pipeline.process(rgb, depth_m, mask, classes, K)
+        t2 = time.perf_counter()
+        header = rgb_msg.header
+        trusted = [i for i in result.instances if i.trusted and i.pose is not None]
+        out = []
+        if trusted:
+            best = max(trusted, key=lambda i: i.pose.quality)
+            out.append(pose_stamped(header, best.pose.R, best.pose.t_m))
+        out.append(pose_array(header, [i.pose for i in trusted]))
+        tm = time.perf_counter()
+        markers = build_marker_array(header, result.instances, self.faces, 0.5, True)
+        markers_ms = (time.perf_counter() - tm) * 1e3
+        timings = {k: v for k, v in result.timings_ms.items() if k != "total"}
+        self.stats.frame_processed(timings, len(trusted))
+        status = diag.build_status(
+            self.stats,
+            name="cse_pose_bench",
+            hardware_id="cse_pose",
+            level=diag.OK,
+            message="bench",
+            models={self.category: self.label},
+        )
+        out.append(diag.build_array(status, header.stamp))
+        t3 = time.perf_counter()
+        for msg in out:
+            self.publishers.publish(msg)
+        tm = time.perf_counter()
+        self.publishers.publish(markers)
+        t4 = time.perf_counter()
+        markers_ms += (t4 - tm) * 1e3
+        extra = getattr(self.model, "extra_ms", 0.0) - extra0
+        row = {
+            "decode": (t1 - t0) * 1e3,
+            "msg": (t3 - t2) * 1e3,
+            "publish": (t4 - t3) * 1e3,
+            E2E: (t4 - t0) * 1e3 - extra,
+        }
+        row[E2E_NO_MARKERS] = row[E2E] - markers_ms
+        for stage in ("crop", "model", "select", "lift", "solve", "pose"):
+            row[stage] = float(timings.get(stage, float("nan")))
+        row["model"] -= extra
+        return row
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reference peer
+# ---------------------------------------------------------------------------------------------------
+class ReferenceMethod:
+    """Decode (as ours, depth kept in mm like the reference) -> :class:`ReferencePipeline`. No messages."""
+
+    def __init__(self, label: str, pipeline: Any) -> None:
+        self.label = label
+        self.pipeline = pipeline
+
+    def run(self, scene: Scene) -> dict[str, float]:
+        from cse_pose_ros.conversions import camera_info_to_K, image_to_numpy
+        from cse_pose_ros.node import instance_classes
+
+        rgb_msg, depth_msg, mask_msg, info_msg = scene.msgs
+        t0 = time.perf_counter()
+        rgb = image_to_numpy(rgb_msg, "rgb")
+        depth_mm = image_to_numpy(depth_msg, "depth")
+        mask = image_to_numpy(mask_msg, "mask")
+        K, _ = camera_info_to_K(info_msg)
+        ids = sorted(instance_classes(mask, "object", {}))
+        t1 = time.perf_counter()
+        result = self.pipeline.process(rgb, depth_mm, mask, ids, K)
+        t2 = time.perf_counter()
+        row = {stage: float(result.timings_ms.get(stage, float("nan"))) for stage in STAGES}
+        row["decode"] = (t1 - t0) * 1e3
+        row["msg"] = row["publish"] = float("nan")
+        row[E2E] = row[E2E_NO_MARKERS] = (t2 - t0) * 1e3
+        return row
+
+
+# ---------------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Results:
+    """Samples per (method label, objects): list of per-frame stage dicts; plus memory figures."""
+
+    samples: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    header: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, label: str, n_objects: int, row: Mapping[str, float]) -> None:
+        self.samples.setdefault((label, n_objects), []).append(dict(row))
+
+    def stat(self, label: str, n_objects: int, stage: str) -> tuple[float, float]:
+        rows = self.samples.get((label, n_objects), [])
+        return percentiles([r[stage] for r in rows if np.isfinite(r.get(stage, float("nan")))])
+
+
+def interleaved_run(
+    methods: Sequence[Any],
+    scenes: Sequence[Scene],
+    frames: int,
+    results: Results,
+    sparse: Mapping[str, int] | None = None,
+    warmup: Mapping[str, int] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Warm every (method, scene) up, then time ``frames`` rounds of every scene with every method.
+
+    Args:
+        sparse: label -> number of timed frames for methods too slow for every round; they run on rounds
+            spread evenly over the run.
+        warmup: label -> untimed calls per scene before timing (default 2).
+    """
+    sparse = dict(sparse or {})
+    warmup = dict(warmup or {})
+    for method in methods:
+        for scene in scenes:
+            for _ in range(warmup.get(method.label, 2)):
+                method.run(scene)
+        if progress:
+            progress(f"warmed up {method.label}")
+    rounds = {}
+    for method in methods:
+        k = sparse.get(method.label)
+        rounds[method.label] = (
+            set(range(frames))
+            if k is None
+            else set(np.linspace(0, frames - 1, max(1, min(k, frames))).round().astype(int).tolist())
+        )
+    for i in range(frames):
+        for scene in scenes:
+            for method in methods:
+                if i in rounds[method.label]:
+                    results.add(method.label, scene.n_objects, method.run(scene))
+
+
+def memory_run(method: NodeMethod, scene: Scene, frames: int, checkpoint: int = 100) -> dict[str, Any]:
+    """RSS (and GPU memory) after ``checkpoint`` and after ``frames`` frames of ``method`` on ``scene``."""
+    out: dict[str, Any] = {"label": method.label, "frames": frames, "objects": scene.n_objects}
+    t0 = time.perf_counter()
+    for i in range(1, frames + 1):
+        method.run(scene)
+        if i == checkpoint:
+            out["rss_at_checkpoint_mib"] = rss_mib()
+            out["gpu_at_checkpoint_mib"] = gpu_memory_mib()
+    out["rss_end_mib"] = rss_mib()
+    out["gpu_end_mib"] = gpu_memory_mib()
+    out["checkpoint"] = checkpoint
+    out["seconds"] = time.perf_counter() - t0
+    if frames >= checkpoint:
+        out["rss_growth_mib"] = out["rss_end_mib"] - out["rss_at_checkpoint_mib"]
+        if out["gpu_end_mib"] is not None and out["gpu_at_checkpoint_mib"] is not None:
+            out["gpu_growth_mib"] = out["gpu_end_mib"] - out["gpu_at_checkpoint_mib"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------
+def format_table(results: Results, labels: Sequence[str], objects: Sequence[int]) -> str:
+    """The latency table: a p50 and a p95 line per (method, objects); ``-`` where a stage does not exist."""
+    name_w = max(12, *(len(lb) for lb in labels))
+    cols = (*STAGES, E2E, E2E_NO_MARKERS)
+    head = f"{'method':<{name_w}} {'obj':>3} {'stat':>4} {'n':>4} " + " ".join(f"{c:>8}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for label in labels:
+        for n in objects:
+            rows = results.samples.get((label, n), [])
+            if not rows:
+                continue
+            for q, name in ((0, "p50"), (1, "p95")):
+                cells = []
+                for c in cols:
+                    v = results.stat(label, n, c)[q]
+                    cells.append(f"{v:>8.2f}" if np.isfinite(v) else f"{'-':>8}")
+                first = label if q == 0 else ""
+                count = str(len(rows)) if q == 0 else ""
+                lines.append(f"{first:<{name_w}} {n:>3} {name:>4} {count:>4} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def speedups(results: Results, ours: Sequence[str], ref: str, objects: Sequence[int]) -> list[str]:
+    """Reference p50 / ours p50: end to end, model stage, and everything but the model."""
+    lines = []
+    for label in ours:
+        for n in objects:
+            r50 = results.stat(ref, n, E2E)[0]
+            o50 = results.stat(label, n, E2E)[0]
+            rm, om = results.stat(ref, n, "model")[0], results.stat(label, n, "model")[0]
+            if not (np.isfinite(r50) and np.isfinite(o50)):
+                continue
+            lines.append(
+                f"{label:<16} {n} obj: e2e x{r50 / o50:6.1f}   model x{rm / om:6.1f}   "
+                f"rest (e2e - model) x{(r50 - rm) / (o50 - om):6.1f}"
+            )
+    return lines
+
+
+def target_lines(results: Results, node_label: str, ref: str | None, memory: Mapping[str, Any]) -> list[str]:
+    """PASS/FAIL of the issue's targets for the node's default backend."""
+    lines = []
+    for n, limit in TARGET_P50_MS.items():
+        p50 = results.stat(node_label, n, E2E)[0]
+        nomk = results.stat(node_label, n, E2E_NO_MARKERS)[0]
+        if np.isfinite(p50):
+            verdict = "PASS" if p50 <= limit else "FAIL"
+            lines.append(
+                f"{verdict}  e2e p50 {n} object(s) {p50:.1f} ms <= {limit:.0f} ms "
+                f"(without markers {nomk:.1f} ms)"
+            )
+    if ref is not None:
+        for n in TARGET_P50_MS:
+            r50, o50 = results.stat(ref, n, E2E)[0], results.stat(node_label, n, E2E)[0]
+            if np.isfinite(r50) and np.isfinite(o50):
+                ratio = r50 / o50
+                verdict = "PASS" if ratio >= TARGET_SPEEDUP else "FAIL"
+                lines.append(
+                    f"{verdict}  speed-up vs reference {n} object(s) x{ratio:.1f} >= x{TARGET_SPEEDUP:.0f}"
+                )
+    growth = memory.get("rss_growth_mib")
+    if growth is not None:
+        verdict = "PASS" if growth <= TARGET_GROWTH_MIB else "FAIL"
+        lines.append(
+            f"{verdict}  RSS growth frame {memory['checkpoint']} -> {memory['frames']}: {growth:+.2f} MiB "
+            f"<= {TARGET_GROWTH_MIB:.0f} MiB"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="bench.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--frames", type=int, default=30, help="timed frames per method and scene (default 30)")
+    ap.add_argument(
+        "--ref-frames",
+        type=int,
+        default=8,
+        help="timed frames of the reference peer, spread over the run (default 8; it is slow)",
+    )
+    ap.add_argument("--objects", type=int, nargs="+", default=[1, 5], help="objects per frame (default 1 5)")
+    ap.add_argument(
+        "--backends",
+        default="auto",
+        help=f"comma-separated subset of {','.join(BACKENDS)}; auto = all available (default)",
+    )
+    ap.add_argument("--warmup", type=int, default=2, help="untimed frames per method and scene (default 2)")
+    ap.add_argument(
+        "--torch-warmup",
+        type=int,
+        default=3,
+        help="untimed frames per scene for TorchScript (its profiling executor optimises after the "
+        "first calls of every input shape; default 3)",
+    )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for the TorchScript backend and the reference (default 1: on a "
+        "busy 2-core machine torch's 2-thread OpenMP pool was measured 10x slower; 0 = torch's "
+        "default)",
+    )
+    ap.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not gc.freeze() after set-up (by default the objects of torch, cse_train and the "
+        "reference, which the node process does not hold, are exempted from Python's cyclic GC, "
+        "whose full passes over them would otherwise add ~80 ms pauses to our frames)",
+    )
+    ap.add_argument("--category", default="mug")
+    ap.add_argument("--config", default="small", help="our network config when no trained model exists")
+    ap.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="trained <category>.onnx/.pt are used from here when present (default models)",
+    )
+    ap.add_argument(
+        "--ref-config", default="paper", help="network config of the reference peer (default paper)"
+    )
+    ap.add_argument(
+        "--ref-checkpoint",
+        type=Path,
+        default=None,
+        help="cse_train checkpoint with trained weights for the peer (default: random init)",
+    )
+    ap.add_argument("--ref-device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    ap.add_argument("--no-ref", action="store_true", help="skip the reference peer")
+    ap.add_argument(
+        "--correspondences",
+        choices=("oracle", "network"),
+        default="oracle",
+        help="what the solver stages get: corrupted oracle correspondences (default) or the "
+        "random network's own outputs (RANSAC worst case)",
+    )
+    ap.add_argument("--outlier-ratio", type=float, default=0.2, help="oracle cells replaced by outliers")
+    ap.add_argument("--match-noise", type=float, default=0.01, help="oracle match noise, canonical units")
+    ap.add_argument("--mem-frames", type=int, default=10000, help="frames of the memory run (0 = skip)")
+    ap.add_argument("--mem-objects", type=int, default=1)
+    ap.add_argument(
+        "--mem-model",
+        choices=("auto", "oracle", "network"),
+        default="auto",
+        help="network of the memory run: auto = network on a GPU backend, oracle graph on CPU",
+    )
+    ap.add_argument(
+        "--require-cuda",
+        action="store_true",
+        help="GPU bench: exit (status 0, with a message) when onnxruntime has no CUDA EP",
+    )
+    ap.add_argument(
+        "--out-dir", type=Path, default=None, help="keep exported models here (default: temp dir)"
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write all samples and figures as JSON")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.frames < 1 or args.ref_frames < 1 or args.mem_frames < 0:
+        ap.error("--frames and --ref-frames must be >= 1, --mem-frames >= 0")
+    return args
+
+
+def available_backends(requested: str) -> tuple[list[str], list[str]]:
+    """(backends to run, notes on those skipped) for ``--backends``."""
+    from cse_pose_ros.inference import available_providers
+
+    providers = available_providers()
+    wanted = list(BACKENDS) if requested == "auto" else [b.strip() for b in requested.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"bench: unknown backend(s) {unknown}; known: {list(BACKENDS)}")
+    need = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}
+    run, skipped = [], []
+    for b in wanted:
+        if b in need and need[b] not in providers:
+            skipped.append(f"{b}: onnxruntime has no {need[b]} (providers: {', '.join(providers)})")
+        else:
+            run.append(b)
+    return run, skipped
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    from cse_pose_ros.inference import available_providers
+
+    if args.require_cuda and "CUDAExecutionProvider" not in available_providers():
+        print(
+            "bench: no CUDA execution provider in onnxruntime "
+            f"(available: {', '.join(available_providers()) or 'none'}); nothing to measure on GPU. "
+            "Install onnxruntime-gpu (scripts/bench_gpu.sh does) on a machine with an NVIDIA GPU."
+        )
+        return 0
+    backends, skipped = available_backends(args.backends)
+    load0 = load_average()
+
+    import onnxruntime
+    import torch
+
+    from cse_pose_ros.inference import ModelError, load_model, read_onnx_info
+
+    blas = limit_blas_threads()
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    tmp = None
+    if args.out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="cse_bench_")
+        out_dir = Path(tmp.name)
+    else:
+        out_dir = args.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+    publishers = Publishers()
+    results = Results()
+    try:
+        _say("bench: preparing models and frames ...")
+        files = prepare_models(args.models_dir, out_dir, args.category, args.config, args.seed)
+        scenes = [make_scene(n, args.seed) for n in args.objects]
+        corruptor = Corruptor(args.outlier_ratio, args.match_noise, args.seed)
+        methods: list[Any] = []
+        ours: list[str] = []
+        labels_info: list[str] = []
+        for b in backends:
+            kind, threads = BACKENDS[b]
+            if kind == "torch" and files.torchscript is None:
+                skipped.append("torch: no TorchScript file next to the trained ONNX")
+                continue
+            path = files.torchscript if kind == "torch" else files.onnx
+            try:
+                model = load_model(path, kind, intra_op_threads=threads)
+            except ModelError as exc:  # e.g. a GPU provider listed by onnxruntime that fails to start
+                skipped.append(f"{b}: {exc.problem}")
+                continue
+            label = f"ours {b}"
+            if kind == "torch":
+                label = f"ours {model.name}"
+            info = model.info
+            if args.correspondences == "oracle":
+                oracle = load_model(
+                    oracle_model(files, out_dir, args.category, info.crop_size, info.grid_size), "cpu"
+                )
+                model = OracleOutputs(model, oracle, corruptor)
+            methods.append(NodeMethod(label, model, publishers, args.category))
+            ours.append(label)
+            if kind == "torch":
+                labels_info.append(
+                    f"{label}: TorchScript {path.name}, torch intra-op threads {torch.get_num_threads()}"
+                )
+            elif kind == "cpu":
+                labels_info.append(
+                    f"{label}: onnxruntime {onnxruntime.__version__} CPU EP, intra-op threads "
+                    f"{threads if threads else f'default (= {os.cpu_count()} here)'}"
+                )
+            else:
+                labels_info.append(
+                    f"{label}: onnxruntime {model.name}" + (" FP16" if kind == "tensorrt" else "")
+                )
+        ref_label = None
+        if not args.no_ref:
+            from cse_train.config import get_config
+            from cse_train.model import CSENet, load_checkpoint
+            from cse_train.reference_pipeline import ReferencePipeline
+
+            device = args.ref_device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if args.ref_checkpoint is not None:
+                net, _ = load_checkpoint(args.ref_checkpoint, map_location=device)
+                ref_weights = f"trained: {args.ref_checkpoint}"
+            else:
+                torch.manual_seed(args.seed)
+                net = CSENet.from_category(args.category, get_config(args.ref_config)).to(device)
+                ref_weights = f"random init (seed {args.seed})"
+            hook = None
+            if args.correspondences == "oracle":
+                sess = load_model(
+                    oracle_model(files, out_dir, args.category, net.cfg.crop_size, net.cfg.grid_size), "cpu"
+                )
+
+                def hook(rgb: np.ndarray, mask: np.ndarray, _s: Any = sess) -> tuple[np.ndarray, np.ndarray]:
+                    _, m, c = _s.run(rgb, mask)
+                    return corruptor.apply(m), c
+
+            ref_label = f"reference {device}"
+            methods.append(
+                ReferenceMethod(ref_label, ReferencePipeline(net, seed=args.seed, outputs_hook=hook))
+            )
+            labels_info.append(
+                f"{ref_label}: eager torch CSENet '{net.cfg.name}' S={net.cfg.crop_size} "
+                f"G={net.cfg.grid_size} ({ref_weights}), torch intra-op threads "
+                f"{torch.get_num_threads()}, reference crop/confidence/100-iteration RANSAC"
+            )
+
+        if not args.no_gc_freeze:
+            import gc
+
+            gc.collect()
+            gc.freeze()
+        warm = {m.label: (args.torch_warmup if "torch" in m.label else args.warmup) for m in methods}
+        sparse = {ref_label: args.ref_frames} if ref_label else {}
+        _say(f"bench: timing {len(methods)} method(s) x {len(scenes)} scene(s) x {args.frames} frames ...")
+        t_table = time.perf_counter()
+        interleaved_run(methods, scenes, args.frames, results, sparse=sparse, warmup=warm, progress=_say)
+        table_s = time.perf_counter() - t_table
+
+        memory: dict[str, Any] = {}
+        if args.mem_frames > 0 and ours:
+            gpu_first = [b for b in reversed(GPU_BACKENDS) if b in backends]
+            mem_backend = gpu_first[0] if gpu_first else ("ort-cpu" if "ort-cpu" in backends else backends[0])
+            mem_model = args.mem_model
+            if mem_model == "auto":
+                mem_model = "network" if gpu_first else "oracle"
+            kind, threads = BACKENDS[mem_backend]
+            info = read_onnx_info(files.onnx)
+            oracle_path = oracle_model(files, out_dir, args.category, info.crop_size, info.grid_size)
+            if mem_model == "network":
+                path = files.torchscript if kind == "torch" else files.onnx
+                net = load_model(path, kind, intra_op_threads=threads)
+                oracle = load_model(oracle_path, "cpu")
+                model = OracleOutputs(net, oracle, corruptor) if args.correspondences == "oracle" else net
+                what = f"the {net.name} network"
+            else:
+                oracle = load_model(oracle_path, kind if kind != "torch" else "cpu", intra_op_threads=threads)
+                model = OracleOutputs(None, oracle, corruptor)
+                what = (
+                    f"the oracle ONNX model in {oracle.name} in place of the network: its 14-vertex box is "
+                    "the mesh marker; every other stage as in the table"
+                )
+            mem_method = NodeMethod(f"memory {mem_backend}", model, publishers, args.category)
+            mem_scene = next((s for s in scenes if s.n_objects == args.mem_objects), None) or make_scene(
+                args.mem_objects, args.seed
+            )
+            _say(f"bench: memory run, {args.mem_frames} frames ...")
+            memory = memory_run(mem_method, mem_scene, args.mem_frames)
+            memory["what"] = what
+        results.memory = memory
+
+        # ---- report --------------------------------------------------------------------------------
+        import cse_pose_ros
+
+        total_s = time.perf_counter() - t_start
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+        except OSError:
+            pass
+        header = [
+            f"cse_pose bench {datetime.datetime.now().isoformat(timespec='seconds')}  host {platform.node()}",
+            f"CPU: {cpu}, {os.cpu_count()} logical cores; load average (1/5/15 min) at start {load0}, "
+            f"at end {load_average()}",
+            f"python {platform.python_version()}, numpy {np.__version__}, "
+            f"onnxruntime {onnxruntime.__version__} "
+            f"(providers {', '.join(available_providers())}), torch {torch.__version__}; {blas}",
+            f"cse_pose_ros from {Path(cse_pose_ros.__file__).parent}",
+            f"frames: {WIDTH}x{HEIGHT}, f={F_PX:.0f} px, {' and '.join(map(str, args.objects))} object(s), "
+            f"boxes {OBJECT_SCALE_M * 100:.0f}x canonical (8x12x7 cm) at 0.6-0.75 m, depth 16UC1, mask mono8",
+            f"our weights: {files.weights}",
+            "correspondences fed to select/solve: "
+            + (
+                f"oracle (exact) with {args.outlier_ratio:.0%} outlier cells and {args.match_noise} "
+                "canonical "
+                "noise; the oracle's run is excluded from the times"
+                if args.correspondences == "oracle"
+                else "the network's own outputs (random weights: RANSAC worst case)"
+            ),
+            f"timed frames: {args.frames} per method and scene"
+            + (f" ({args.ref_frames} for the reference, spread over the run)" if ref_label else "")
+            + f"; methods interleaved frame by frame; warm-up {args.warmup} "
+            f"(TorchScript {args.torch_warmup})",
+            "Python GC: "
+            + (
+                "gc.freeze() after set-up (the node's heap lacks torch and the peer)"
+                if not args.no_gc_freeze
+                else "not frozen"
+            ),
+            f"publish: {publishers.mode}; msg = PoseStamped + PoseArray + MarkerArray "
+            "(box, axes, mesh, label) "
+            "+ DiagnosticArray, every frame (the node: markers only with a subscriber, diagnostics at 1 Hz)",
+            *labels_info,
+            *(f"skipped {s}" for s in skipped),
+        ]
+        results.header = header
+        print("\n".join(header))
+        print()
+        labels = [m.label for m in methods]
+        print(format_table(results, labels, args.objects))
+        print(
+            "(ms; select = confidence threshold + pixel selection, lift = back-projection, pose = box and "
+            "published pose, msg = message build incl. markers; e2e-nomk = e2e without the MarkerArray build "
+            "and publish, as the node runs with no marker subscriber; '-' = no such stage)"
+        )
+        if ref_label:
+            print()
+            print("speed-up (reference p50 / ours p50):")
+            for line in speedups(results, ours, ref_label, args.objects):
+                print("  " + line)
+        if memory:
+            print()
+            gpu = ""
+            if memory.get("gpu_growth_mib") is not None:
+                gpu = (
+                    f"; GPU memory {memory['gpu_at_checkpoint_mib']:.0f} -> {memory['gpu_end_mib']:.0f} MiB "
+                    f"({memory['gpu_growth_mib']:+.1f} MiB)"
+                )
+            growth = memory.get("rss_growth_mib")
+            print(
+                f"memory ({memory['label']}, {memory['objects']} object, {memory['frames']} frames "
+                "through the "
+                f"node path in {memory['seconds']:.0f} s, {memory['what']}):"
+            )
+            if growth is not None:
+                print(
+                    f"  RSS after {memory['checkpoint']} frames "
+                    f"{memory['rss_at_checkpoint_mib']:.1f} MiB, after "
+                    f"{memory['frames']} {memory['rss_end_mib']:.1f} MiB: growth {growth:+.2f} MiB{gpu}"
+                )
+            else:
+                print(
+                    f"  RSS after {memory['frames']} frames {memory['rss_end_mib']:.1f} MiB "
+                    "(fewer frames than "
+                    f"the {memory['checkpoint']}-frame checkpoint: no growth figure)"
+                )
+        node_label = next((lb for lb in ours if lb.endswith("ort-trt")), None) or next(
+            (lb for lb in ours if lb.endswith("ort-cpu")), ours[0] if ours else None
+        )
+        if node_label:
+            print()
+            print(f"targets (2-core CPU, small model; checked on '{node_label}'):")
+            for line in target_lines(results, node_label, ref_label, memory):
+                print("  " + line)
+        print()
+        print(
+            f"bench: total {total_s:.0f} s (table {table_s:.0f} s"
+            + (f", memory {memory['seconds']:.0f} s" if memory else "")
+            + ")"
+        )
+        if args.json is not None:
+            payload = {
+                "header": header,
+                "samples": {f"{k[0]}|{k[1]}": v for k, v in results.samples.items()},
+                "memory": memory,
+                "total_s": total_s,
+            }
+            args.json.write_text(json.dumps(payload, indent=1, default=float))
+    finally:
+        if not args.no_gc_freeze:
+            import gc
+
+            gc.unfreeze()
+        publishers.close()
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

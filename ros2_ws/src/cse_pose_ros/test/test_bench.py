@@ -1,0 +1,217 @@
+"""``make bench`` (scripts/bench.py): a tiny run of its functions end to end, the table and helpers, the GPU
+script's clean exit without a CUDA execution provider, and the reference RANSAC on exact data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1]
+ROOT = PACKAGE.parents[2]
+SCRIPT = PACKAGE / "scripts" / "bench.py"
+GPU_SCRIPT = ROOT / "scripts" / "bench_gpu.sh"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("cse_pose_bench_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbers(line: str) -> list[float]:
+    out = []
+    for cell in line.split():
+        try:
+            out.append(float(cell))
+        except ValueError:
+            continue
+    return out
+
+
+def test_percentiles_and_table_layout(bench):
+    assert bench.percentiles(list(range(1, 101))) == (pytest.approx(50.5), pytest.approx(95.05))
+    assert all(np.isnan(bench.percentiles([])))
+    results = bench.Results()
+    for i in range(4):
+        row = {s: float(i + 1) for s in bench.STAGES}
+        row[bench.E2E] = row[bench.E2E_NO_MARKERS] = 10.0 * (i + 1)
+        results.add("ours x", 1, row)
+        ref = dict(row, msg=float("nan"), publish=float("nan"))
+        results.add("reference y", 1, ref)
+    table = bench.format_table(results, ["ours x", "reference y"], [1, 5])
+    head = table.splitlines()[0].split()
+    assert head[4:] == [*bench.STAGES, bench.E2E, bench.E2E_NO_MARKERS]
+    lines = table.splitlines()[2:]
+    assert len(lines) == 4  # p50 + p95 per method; no 5-object rows without samples
+    assert lines[0].startswith("ours x") and _numbers(lines[0])[-2] == pytest.approx(25.0)
+    ref_p50 = lines[2].split()
+    assert ref_p50[:2] == ["reference", "y"] and ref_p50.count("-") == 2  # msg and publish do not exist
+    speed = bench.speedups(results, ["ours x"], "reference y", [1])
+    assert len(speed) == 1 and "x   1.0" in speed[0]
+
+
+def test_corruptor_replaces_the_requested_fraction(bench):
+    match = np.zeros((2, 8, 8, 3), np.float32)
+    corrupt = bench.Corruptor(outlier_ratio=0.25, noise=0.0, seed=1)
+    out = corrupt.apply(match)
+    changed = np.any(out != 0, axis=-1)
+    assert changed.sum() == 32  # a quarter of the 128 cells
+    np.testing.assert_array_equal(corrupt.apply(match), out)  # the same every frame
+    assert match.max() == 0  # input untouched
+
+
+def test_arguments_are_checked(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--frames", "0"])
+    args = bench.parse_args([])
+    assert args.frames == 30 and args.mem_frames == 10000 and args.objects == [1, 5]
+
+
+def test_require_cuda_exits_cleanly_without_cuda(bench, capsys):
+    from cse_pose_ros.inference import available_providers
+
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("onnxruntime has a CUDA execution provider here: the GPU bench would run for real")
+    assert bench.main(["--require-cuda", "--frames", "2"]) == 0
+    assert "no CUDA execution provider" in capsys.readouterr().out
+
+
+def _has_gpu() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return "GPU " in listed
+
+
+def test_gpu_script_without_a_gpu_installs_nothing_and_exits_0():
+    if _has_gpu():
+        pytest.skip("an NVIDIA GPU is present: bench_gpu.sh would install onnxruntime-gpu and run")
+    venv = ROOT / ".venv"
+    if not (venv / "bin" / "python").exists():
+        pytest.skip("no project venv (make setup)")
+    env = dict(os.environ, VENV=str(venv))
+    help_run = subprocess.run(
+        ["bash", str(GPU_SCRIPT), "--help"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert (
+        help_run.returncode == 0 and "bench_gpu.sh" in help_run.stdout and "--no-install" in help_run.stdout
+    )
+    run = subprocess.run(
+        ["bash", str(GPU_SCRIPT), "--frames", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "nothing to measure" in run.stdout and "installing" not in run.stdout
+    bad = subprocess.run(
+        ["bash", str(GPU_SCRIPT), "--venv", str(ROOT / "no-such-venv")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2 and "make setup" in bad.stderr
+
+
+def test_reference_ransac_on_exact_data_recovers_the_pose():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("cse_train")
+    from cse_pose_ros.core.metrics import rotation_error_deg
+    from cse_pose_ros.testing import random_rotation
+    from cse_train.reference_pipeline import reference_ransac_umeyama
+
+    rng = np.random.default_rng(7)
+    R, s, t = random_rotation(rng), 80.0, np.array([-40.0, 25.0, 750.0])  # mm per unit, mm
+    src = rng.uniform(-1.0, 1.0, (3000, 3))
+    dst = s * src @ R.T + t
+    fit = reference_ransac_umeyama(
+        torch.tensor(src), torch.tensor(dst), generator=torch.Generator().manual_seed(1)
+    )
+    assert fit is not None and fit.inlier_ratio == 1.0
+    assert rotation_error_deg(fit.R, R) < 1e-6
+    assert fit.scale == pytest.approx(s * 2999 / 3000, rel=1e-9)  # unbiased-variance scale of the reference
+    np.testing.assert_allclose(fit.t, t, atol=0.05)
+
+
+def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("cse_train")
+    pytest.importorskip("rclpy")
+    out_json = tmp_path / "bench.json"
+    status = bench.main(
+        [
+            "--frames",
+            "2",
+            "--ref-frames",
+            "1",
+            "--warmup",
+            "1",
+            "--torch-warmup",
+            "1",
+            "--backends",
+            "ort-cpu,torch",
+            "--ref-config",
+            "small",
+            "--mem-frames",
+            "110",
+            "--models-dir",
+            str(tmp_path / "no_models"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--json",
+            str(out_json),
+        ]
+    )
+    assert status == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    head = next(ln for ln in lines if ln.startswith("method "))
+    for stage in (*bench.STAGES, bench.E2E, bench.E2E_NO_MARKERS):
+        assert stage in head.split()
+    assert "load average" in text and "intra-op threads" in text and "random init" in text
+    for label in ("ours ort-cpu", "ours torch-cpu", "reference cpu"):
+        for n in (1, 5):
+            row = next(
+                ln for ln in lines if ln.startswith(label) and ln.split()[len(label.split())] == str(n)
+            )
+            values = _numbers(row)[3:]  # after objects, "p50" is not a number, count
+            assert values and all(np.isfinite(values)), row
+    assert "speed-up (reference p50 / ours p50)" in text
+    assert "RSS after 100 frames" in text and "targets" in text
+    payload = json.loads(out_json.read_text())
+    ours = [r for key, rows in payload["samples"].items() if key.startswith("ours") for r in rows]
+    assert len(ours) == 2 * 2 * 2  # 2 backends x 2 scenes x 2 frames
+    for row in ours:
+        for stage in (*bench.STAGES, bench.E2E):
+            assert np.isfinite(row[stage]) and row[stage] >= 0, (stage, row)
+        assert row[bench.E2E] >= row["model"]
+    assert payload["memory"]["frames"] == 110 and np.isfinite(payload["memory"]["rss_growth_mib"])
+
+
+def test_crop_planes_out_buffer_and_input_dtype_do_not_change_the_result():
+    """The pipeline crops uint8 RGB straight into its float32 batch buffer (``out=``): same numbers as a
+    float crop of the same image (crop_image itself is checked against torch in test_core_geometry)."""
+    from cse_pose_ros.core.crop import CropBox, crop_planes
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((3, 90, 120)) * 255).astype(np.uint8)
+    for box in (CropBox(60, 45, 30, 20, 64), CropBox(5, 80, 40, 35, 128), CropBox(110, 10, 25, 60, 32)):
+        expected = crop_planes(image.astype(np.float64), box)
+        out = np.full((3, box.size, box.size), np.nan, np.float32)
+        assert crop_planes(image, box, out=out) is out
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-4)
+        assert np.isfinite(out).all()
