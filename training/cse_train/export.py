@@ -132,6 +132,14 @@ def verify_onnx(model: CSENet, path: str | Path, rgb: torch.Tensor, mask: torch.
     }
 
 
+def _confidence_cells_off(model: CSENet, path: Path, rgb: torch.Tensor, mask: torch.Tensor, tol: float) -> float:
+    """Fraction of confidence cells where onnxruntime and torch differ by more than ``tol``."""
+    with _eval_mode(model), torch.no_grad():
+        ref = ExportWrapper(model).eval()(rgb, mask)[2].cpu().numpy()
+    got = _ort_session(path).run(["confidence"], {"rgb": rgb.cpu().numpy(), "mask": mask.cpu().numpy()})[0]
+    return float(np.mean(np.abs(got - ref) > tol))
+
+
 def export_torchscript(model: CSENet, path: str | Path, training_data: str = "", version: str = "") -> Path:
     """``torch.jit.trace`` of ``ExportWrapper(model)`` saved to ``path`` with ``metadata.json`` (the ONNX
     metadata as one JSON object) in ``_extra_files``, so a runtime can use it without ``cse_train``.
@@ -178,9 +186,17 @@ def export_from_checkpoint(
     model, _ = load_checkpoint(ckpt_path)
     out = export_onnx(model, out_path, training_data=training_data, version=version)
     if verify:
-        diffs = verify_onnx(model, out, *example_inputs(model, batch=2, seed=1))
-        if max(diffs.values()) > tolerance:
-            raise RuntimeError(f"ONNX export of {ckpt_path} differs from torch: {diffs}")
+        rgb, mask = example_inputs(model, batch=2, seed=1)
+        diffs = verify_onnx(model, out, rgb, mask)
+        # The confidence takes, per cell, the vertex nearest to the cell's 3D match (an argmin over float32
+        # distances). For a trained model some cells sit on a near-tie between two vertices, and the two
+        # runtimes' summation order can pick either: that cell's confidence then differs by more than rounding.
+        # Such flips are allowed on at most 0.5 % of the cells; vertices and match must agree to ``tolerance``.
+        off = _confidence_cells_off(model, out, rgb, mask, tolerance)
+        if diffs["vertices"] > tolerance or diffs["match"] > tolerance or off > 0.005:
+            raise RuntimeError(
+                f"ONNX export of {ckpt_path} differs from torch: {diffs}; confidence cells off: {off:.2%}"
+            )
     if torchscript_path is not None:
         export_torchscript(model, torchscript_path, training_data=training_data, version=version)
     return out
