@@ -324,7 +324,8 @@ def report(args, out: Path, category: str, symmetric: bool, got: Collected, node
         return 1
     if not posed:
         print("demo: the node served frames but published no pose (all instances below min_quality or "
-              "skipped: see skip reasons); an untrained model does this", file=sys.stderr)
+              "skipped: see skip reasons); a weak or untrained model does this (see its card in models/)",
+              file=sys.stderr)
     return 0
 
 
