@@ -20,7 +20,15 @@ from cse_pose_ros.testing import (
     render_oracle_frame,
     write_oracle_model,
 )
-from cse_pose_ros.tools.ros_io import frame_messages, ros_env, spin_until, start_node, stop_process, time_msg
+from cse_pose_ros.tools.ros_io import (
+    frame_messages,
+    probe_node,
+    ros_env,
+    spin_until,
+    start_node,
+    stop_process,
+    time_msg,
+)
 
 DOMAIN_ID = 62 + os.getpid() % 30  # one DDS domain per test module (test_node_integration: 32..61)
 NAMESPACE = f"/cse_bad_{os.getpid()}"
@@ -126,15 +134,9 @@ BAD_CASES = [
 
 @pytest.fixture(scope="module")
 def ros():
-    rclpy = pytest.importorskip("rclpy")
-    os.environ.update({k: v for k, v in ros_env(DOMAIN_ID).items()
-                       if k in ("RMW_IMPLEMENTATION", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    node = rclpy.create_node("bad_input_probe", context=ctx, namespace=NAMESPACE)
-    yield node
-    node.destroy_node()
-    ctx.try_shutdown()
+    pytest.importorskip("rclpy")
+    with probe_node("bad_input_probe", DOMAIN_ID, NAMESPACE) as node:
+        yield node
 
 
 def _io(node, ns: str):

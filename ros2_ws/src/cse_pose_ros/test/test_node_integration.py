@@ -23,7 +23,7 @@ from cse_pose_ros.testing import (
     render_oracle_frame,
     write_oracle_model,
 )
-from cse_pose_ros.tools.ros_io import frame_messages, ros_env, spin_until, start_node, stop_process
+from cse_pose_ros.tools.ros_io import frame_messages, probe_node, ros_env, spin_until, start_node, stop_process
 
 DOMAIN_ID = 32 + os.getpid() % 30  # one DDS domain per test module (see test_node_bad_input: 62..91)
 NAMESPACE = f"/cse_it_{os.getpid()}"  # and a private namespace, in case another run shares the domain
@@ -100,15 +100,9 @@ def test_icp_refine_recovers_a_small_offset():
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     """rclpy context on the module's domain (localhost discovery), torn down at the end."""
-    rclpy = pytest.importorskip("rclpy")
-    os.environ.update({k: v for k, v in ros_env(DOMAIN_ID).items()
-                       if k in ("RMW_IMPLEMENTATION", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    node = rclpy.create_node("integration_probe", context=ctx, namespace=NAMESPACE)
-    yield node
-    node.destroy_node()
-    ctx.try_shutdown()
+    pytest.importorskip("rclpy")
+    with probe_node("integration_probe", DOMAIN_ID, NAMESPACE) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")

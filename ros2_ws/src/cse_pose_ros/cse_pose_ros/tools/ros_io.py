@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,26 @@ def stop_process(proc: subprocess.Popen | None, timeout_s: float = 5.0) -> int |
             proc.kill()
             proc.wait(timeout=timeout_s)
     return proc.returncode
+
+
+@contextmanager
+def probe_node(name: str, domain_id: int, namespace: str = "") -> Iterator:
+    """An rclpy node in its own context on ``domain_id`` (the env of :func:`ros_env`), shut down on exit.
+
+    Tests use it to publish frames to and listen to a node running in another process.
+    """
+    import rclpy
+
+    os.environ.update({k: v for k, v in ros_env(domain_id).items()
+                       if k in ("RMW_IMPLEMENTATION", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    node = rclpy.create_node(name, context=ctx, namespace=namespace)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        ctx.try_shutdown()
 
 
 def spin_until(node, condition: Callable[[], bool], timeout_s: float, executor=None) -> bool:
