@@ -72,8 +72,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_model(checkpoint: str | Path, out_dir: str | Path, training_data: str = "", version: str = "") -> Path:
-    """Checkpoint -> ``<out_dir>/<category>.onnx`` (verified against torch) + ``<category>.pt``."""
+def export_model(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    training_data: str = "",
+    version: str = "",
+    *,
+    fp16_weights: bool = False,
+    torchscript: bool = True,
+) -> Path:
+    """Checkpoint -> ``<out_dir>/<category>.onnx`` (verified against torch; weights stored as float16 with
+    ``fp16_weights``) + ``<category>.pt`` (TorchScript, unless ``torchscript`` is False)."""
     from .export import export_from_checkpoint
     from .model import load_checkpoint
 
@@ -81,13 +90,16 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, training_data: str
     out_dir = Path(out_dir)
     onnx_path = out_dir / f"{model.category}.onnx"
     export_from_checkpoint(checkpoint, onnx_path, training_data=training_data, version=version,
-                           torchscript_path=onnx_path.with_suffix(".pt"))
+                           torchscript_path=onnx_path.with_suffix(".pt") if torchscript else None,
+                           fp16_weights=fp16_weights)
     return onnx_path
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    path = export_model(args.checkpoint, args.out_dir, args.training_data, args.version)
-    print(f"wrote {path} and {path.with_suffix('.pt')}")
+    path = export_model(args.checkpoint, args.out_dir, args.training_data, args.version,
+                        fp16_weights=args.fp16_weights, torchscript=not args.no_torchscript)
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size:.1f} MiB)" + ("" if args.no_torchscript else f" and {path.with_suffix('.pt')}"))
     return 0
 
 
@@ -289,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out-dir", dest="out_dir", default="models")
     x.add_argument("--training-data", dest="training_data", default="")
     x.add_argument("--version", default="")
+    x.add_argument("--fp16-weights", dest="fp16_weights", action="store_true",
+                   help="store the large weights as float16 (half the file; computation stays float32)")
+    x.add_argument("--no-torchscript", dest="no_torchscript", action="store_true", help="ONNX only")
     x.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("smoke", help="tiny synthetic data -> short CPU training -> export -> ONNX check -> eval")

@@ -14,8 +14,9 @@ One function, :func:`evaluate`, with an :class:`EvalMode` selecting the baseline
 name                 correspondences solver     what it measures
 ==================== =============== ========== ===============================================================
 ``pipeline``         model           ransac     the node: confidence filter + RANSAC-Umeyama (default)
-``pose_head``        --              pose_head  the training-time pose regressor alone (torch model needed);
-                                                metric scale from rendered vs observed depth
+``pose_head``        --              pose_head  the training-time pose regressor alone (torch model, or an
+                                                ONNX export's extra pose outputs); metric scale from
+                                                rendered vs observed depth
 ``umeyama_all``      model           umeyama    plain least-squares Umeyama on every masked pixel with depth,
                                                 no confidence filter or weights (what the reference's no-op
                                                 RANSAC amounts to, brief §2.7)
@@ -62,6 +63,8 @@ __all__ = [
     "EvalMode",
     "EvalReport",
     "GTCorrespondenceBackend",
+    "OnnxPoseHead",
+    "TorchPoseHead",
     "UniformConfidence",
     "evaluate",
     "format_table",
@@ -301,14 +304,67 @@ class GTCorrespondenceBackend:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def pose_head_pose(model: CSENet, frame: EvalFrame, params: PipelineParams) -> ObjectPose:
+class TorchPoseHead:
+    """The pose regressor of a torch :class:`CSENet` (eval mode, CPU or the model's device).
+
+    ``predict(rgb [1,3,S,S], mask [1,1,G,G])`` -> (R [3,3] column form, t [3] canonical units without the
+    crop-centre shift, vertices [N,3] canonical units), float64 numpy.
+    """
+
+    def __init__(self, model: CSENet) -> None:
+        self.model = model
+        self.crop_size, self.grid_size = model.cfg.crop_size, model.cfg.grid_size
+        self.faces = model.faces.detach().cpu().long()
+        self.base_rotation = np.asarray(model.base_rotation, np.float64)
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dev = self.model.mean_v.device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(torch.from_numpy(rgb).to(dev), torch.from_numpy(mask).to(dev), None)
+        finally:
+            self.model.train(was_training)
+        return (out.R[0].double().cpu().numpy(), out.t[0].double().cpu().numpy(),
+                out.vertices[0].double().cpu().numpy())
+
+
+class OnnxPoseHead:
+    """The pose regressor carried by an exported ONNX file as the extra outputs ``pose_rotation`` and
+    ``pose_translation`` (``cse_train.export.POSE_HEAD_NAMES``), on onnxruntime CPU; same ``predict`` as
+    :class:`TorchPoseHead`.
+
+    Raises:
+        ValueError: the file has no pose-head outputs (exported before they were added, or by another tool).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from .export import POSE_HEAD_NAMES, _ort_session, read_onnx_metadata
+
+        self.session = _ort_session(path)
+        names = {o.name for o in self.session.get_outputs()}
+        if not set(POSE_HEAD_NAMES) <= names:
+            raise ValueError(f"{path} has no pose-head outputs {POSE_HEAD_NAMES}; re-export it with cse_train export")
+        info = parse_metadata(read_onnx_metadata(path), path)
+        self.crop_size, self.grid_size = info.crop_size, info.grid_size
+        self.faces = torch.from_numpy(np.asarray(info.faces, np.int64))
+        self.base_rotation = np.asarray(info.base_rotation, np.float64)
+        self._names = ["vertices", *POSE_HEAD_NAMES]
+
+    def predict(self, rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        v, R, t = self.session.run(self._names, {"rgb": rgb, "mask": mask})
+        return R[0].astype(np.float64), t[0].astype(np.float64), v[0].astype(np.float64)
+
+
+def pose_head_pose(head: TorchPoseHead | OnnxPoseHead, frame: EvalFrame, params: PipelineParams) -> ObjectPose:
     """Pose from the network's regressor (training-only head) for the target of ``frame``.
 
-    Crop as the pipeline; ``model(rgb, mask, K_ndc)`` gives R, t (canonical units, camera frame) and the
-    deformed prior. Metric scale ``s = median(observed depth) / median(rendered depth)`` over pixels both on
-    the observed mask and on the rendered silhouette (else over the mask against ``t_z``); the pose is then
-    the similarity ``p_cam = s (R v + t)`` through ``core.pose.pose_from_similarity``.
+    Crop as the pipeline; the head gives R, t (canonical units, camera frame) and the deformed prior; ``t_xy``
+    gets the crop-centre shift ``- (c_ndc / f_ndc) t_z`` of the crop intrinsics (as ``model(rgb, mask, K_ndc)``
+    does in training). Metric scale ``s = median(observed depth) / median(rendered depth)`` over pixels both
+    on the observed mask and on the rendered silhouette (else over the mask against ``t_z``); the pose is
+    then the similarity ``p_cam = s (R v + t)`` through ``core.pose.pose_from_similarity``.
 
     Raises:
         PoseError: empty mask / no valid depth.
@@ -318,7 +374,7 @@ def pose_head_pose(model: CSENet, frame: EvalFrame, params: PipelineParams) -> O
     from .render import MASK, render
     from .train import render_intrinsics
 
-    S, G = model.cfg.crop_size, model.cfg.grid_size
+    S, G = head.crop_size, head.grid_size
     inst = np.asarray(frame.instance_mask) == _TARGET_ID
     box = crop_box_from_mask(inst, S, params.enlarge)
     rgb_c = crop_image(frame.rgb, box, "bilinear") / np.float32(255.0)
@@ -329,30 +385,24 @@ def pose_head_pose(model: CSENet, frame: EvalFrame, params: PipelineParams) -> O
     if not valid.any():
         raise InvalidDepthError("no valid depth inside the instance mask")
     K_crop = crop_intrinsics(frame.K, box)
-    dev = model.mean_v.device
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb_c.transpose(2, 0, 1), np.float32))[None].to(dev)
-    mask_t = torch.from_numpy(downsample_mask(mask_c, G).astype(np.float32))[None, None].to(dev)
-    K_ndc = torch.from_numpy(intrinsics_to_ndc(K_crop, S).astype(np.float32))[None].to(dev)
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(rgb_t, mask_t, K_ndc)
-    finally:
-        model.train(was_training)
-    R, t, verts = out.R[0].double(), out.t[0].double(), out.vertices[0].double()
-    v_cam = (verts @ R.T + t)[None].float()
-    K_r = render_intrinsics(torch.from_numpy(K_crop.astype(np.float32))[None].to(dev), S, S)
-    rendered = render(v_cam, model.faces, K_r, (S, S), settings=MASK).depth[0].cpu().numpy()
+    rgb_in = np.ascontiguousarray(rgb_c.transpose(2, 0, 1), np.float32)[None]
+    mask_in = downsample_mask(mask_c, G).astype(np.float32)[None, None]
+    R, t, verts = head.predict(rgb_in, mask_in)
+    K_ndc = intrinsics_to_ndc(K_crop, S)
+    t = t.copy()
+    t[:2] -= K_ndc[0:2, 2] / np.array([K_ndc[0, 0], K_ndc[1, 1]]) * t[2]
+    v_cam = torch.from_numpy((verts @ R.T + t)[None].astype(np.float32))
+    K_r = render_intrinsics(torch.from_numpy(K_crop.astype(np.float32))[None], S, S)
+    rendered = render(v_cam, head.faces, K_r, (S, S), settings=MASK).depth[0].numpy()
     both = valid & (rendered > 0)
     if both.sum() >= 10:
         scale = float(np.median(depth_c[both]) / np.median(rendered[both]))
     else:
         scale = float(np.median(depth_c[valid]) / max(float(t[2]), 1e-6))
     fit = SolverResult(
-        scale=scale, R=R.cpu().numpy(), t=scale * t.cpu().numpy(), inliers=np.ones(1, bool), rms_m=0.0,
-        inlier_ratio=1.0, hypotheses=0,
+        scale=scale, R=R, t=scale * t, inliers=np.ones(1, bool), rms_m=0.0, inlier_ratio=1.0, hypotheses=0,
     )
-    return pose_from_similarity(fit, verts.cpu().numpy(), np.asarray(model.base_rotation), 1.0, 1.0)
+    return pose_from_similarity(fit, verts, head.base_rotation, 1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -389,6 +439,7 @@ def evaluate(
     mode: EvalMode = BASELINES["pipeline"],
     backend: Any | None = None,
     model: CSENet | None = None,
+    pose_head: OnnxPoseHead | None = None,
     params: PipelineParams | None = None,
     crop_size: int | None = None,
     grid_size: int | None = None,
@@ -403,7 +454,9 @@ def evaluate(
         mode: :class:`EvalMode` (one of :data:`BASELINES` or a custom combination).
         backend: model runtime with ``run(rgb_crops, masks)`` (``load_model`` / :class:`CheckpointBackend`);
             built from ``model`` when omitted. Unused for ``gt`` correspondences and ``pose_head``.
-        model: torch network; required for ``pose_head``.
+        model: torch network; for ``pose_head`` it or ``pose_head`` is needed.
+        pose_head: the pose regressor of an ONNX file (:class:`OnnxPoseHead`), for ``pose_head`` without a
+            torch model.
         params: pipeline parameters (default ``PipelineParams()``).
         crop_size, grid_size: S, G for ``gt`` correspondences (default: the backend's / model's).
         max_frames: stop after this many frames.
@@ -412,8 +465,9 @@ def evaluate(
     params = params or PipelineParams()
     symmetric = priors.is_symmetric(category)
     if mode.solver == "pose_head":
-        if model is None:
-            raise ValueError("the pose_head baseline needs the torch model (a checkpoint), not an ONNX file")
+        if model is None and pose_head is None:
+            raise ValueError("the pose_head baseline needs the torch model or an OnnxPoseHead of the ONNX file")
+        head = pose_head if pose_head is not None else TorchPoseHead(model)
         pipeline, runner = None, None
     else:
         if mode.correspondences == "gt":
@@ -450,7 +504,7 @@ def evaluate(
         pose, trusted, reason = None, False, None
         try:
             if pipeline is None:
-                pose, trusted = pose_head_pose(model, frame, params), True
+                pose, trusted = pose_head_pose(head, frame, params), True
             else:
                 if isinstance(runner, GTCorrespondenceBackend):
                     runner.set_frame(frame)
@@ -548,7 +602,8 @@ def run_evaluation(
         dataset: ``wild6d`` or ``real275``.
         category: default: the model's metadata.
         baselines: names from :data:`BASELINES`.
-        checkpoint: torch checkpoint for ``pose_head`` when ``model_path`` is an ONNX file.
+        checkpoint: torch checkpoint for ``pose_head`` when ``model_path`` is an ONNX file without the
+            pose-head outputs (with them, the ONNX file's own regressor is used).
         json_path: write ``{"model", "data", "reports": [...]}`` here.
         params: pipeline parameters (default: ``PipelineParams()``; REAL275 uses enlarge 1.2).
     """
@@ -558,6 +613,9 @@ def run_evaluation(
     runtime, model = (None, None) if model_path is None else load_eval_model(model_path, backend)
     if checkpoint is not None and model is None:
         model, _ = load_checkpoint(checkpoint)
+    onnx_head = None
+    if "pose_head" in baselines and model is None and model_path is not None and Path(model_path).suffix == ".onnx":
+        onnx_head = OnnxPoseHead(model_path)
     info = runtime.info if runtime is not None else None
     category = category or (info.category if info is not None else None)
     if category is None:
@@ -583,8 +641,8 @@ def run_evaluation(
     reports = []
     for name in baselines:
         reports.append(
-            evaluate(frames(), category, mode=BASELINES[name], backend=runtime, model=model, params=params,
-                     crop_size=crop_size, grid_size=grid_size, max_frames=max_frames, progress=progress)
+            evaluate(frames(), category, mode=BASELINES[name], backend=runtime, model=model, pose_head=onnx_head,
+                     params=params, crop_size=crop_size, grid_size=grid_size, max_frames=max_frames, progress=progress)
         )
     if print_table:
         print(f"category {category}, data {data}, model {model_path}")

@@ -781,29 +781,38 @@ class CSENet(nn.Module):
 
 class ExportWrapper(nn.Module):
     """Inference graph: (rgb [B,3,S,S] in [0,1], mask [B,1,G,G]) -> (vertices [B,N,3], match [B,G,G,3],
-    confidence [B,G,G]).
+    confidence [B,G,G]) and, with ``pose_head``, (pose_rotation [B,3,3], pose_translation [B,3]).
 
     A snapshot of the model at construction: ``mean_v`` and the layer-1 xyz term ``W_xyz mean_v + b``
     [N,hidden] become constants, so per frame only ``W_code code`` is added. Rebuild it after training
-    changes the model. The pose head is not part of the graph. Call ``eval()`` before tracing.
+    changes the model. Call ``eval()`` before tracing.
+
+    ``pose_head`` adds the training-time pose regressor (a 512-d MLP, negligible cost) as two extra outputs
+    for evaluation (baseline (a)); the node reads only the three contract outputs. Its translation is the
+    regressor's without the crop-centre shift (``K_ndc=None``): canonical units, camera frame,
+    ``t_xy`` still to be corrected by ``- (c_ndc / f_ndc) t_z`` for the crop's intrinsics.
     """
 
-    def __init__(self, model: CSENet) -> None:
+    def __init__(self, model: CSENet, pose_head: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.pose_head = bool(pose_head)
         with torch.no_grad():
             mean_v = model.mean_v.detach().clone()
             self.register_buffer("mean_v_const", mean_v)
             self.register_buffer("xyz_term", model.deformer.xyz_term(mean_v).detach().clone())
 
-    def forward(self, rgb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, rgb: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
         m = self.model
         img_feat, global_feat = m.encode_image(rgb)
         vertices = m.deform(m.shape_code(global_feat), mean_v=self.mean_v_const, xyz_term=self.xyz_term)
         mesh_feat = m.mesh_encoder(vertices)
         corr = m.correspondence(img_feat, mesh_feat, vertices, mask, with_confidence=True)
         assert corr.confidence is not None
-        return vertices, corr.match, corr.confidence
+        if not self.pose_head:
+            return vertices, corr.match, corr.confidence
+        R, t = m.pose(global_feat, None)
+        return vertices, corr.match, corr.confidence, R, t
 
 
 # ----------------------------------------------------------------------------------------------------

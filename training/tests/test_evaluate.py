@@ -23,6 +23,7 @@ from cse_train.evaluate import (
     BASELINES,
     EvalMode,
     GTCorrespondenceBackend,
+    OnnxPoseHead,
     evaluate,
     format_table,
     load_eval_model,
@@ -110,7 +111,7 @@ def test_all_baselines_on_checkpoint_and_onnx(test_root: Path, tmp_path: Path) -
     table = format_table(reports)
     assert "gt_correspondences" in table and "5°2cm" in table
 
-    # the exported ONNX runs through the node's loader and pipeline; pose_head needs the checkpoint
+    # the exported ONNX runs through the node's loader and pipeline
     onnx_path = export_model(ckpt, tmp_path / "models")
     runtime, torch_model = load_eval_model(onnx_path)
     assert torch_model is None and runtime.name.startswith("onnxruntime")
@@ -118,6 +119,19 @@ def test_all_baselines_on_checkpoint_and_onnx(test_root: Path, tmp_path: Path) -
     assert r.summary["frames"] == 3
     with pytest.raises(ValueError, match="pose_head"):
         evaluate(_frames(test_root, "mug"), "mug", mode=BASELINES["pose_head"], backend=runtime)
+    # ... and carries the pose regressor: baseline (a) from the ONNX file equals the checkpoint's, frame by frame
+    head = OnnxPoseHead(onnx_path)
+    r_onnx = evaluate(_frames(test_root, "mug"), "mug", mode=BASELINES["pose_head"], pose_head=head)
+    r_torch = next(r for r in reports if r.mode == "pose_head")
+    assert len(r_onnx.frames) == len(r_torch.frames) == 3
+    for a, b in zip(r_onnx.frames, r_torch.frames, strict=True):
+        assert ("iou" in a) == ("iou" in b)
+        if "iou" in a:
+            assert abs(a["rotation_deg"] - b["rotation_deg"]) < 1e-2 and abs(a["iou"] - b["iou"]) < 1e-3
+            assert abs(a["translation_cm"] - b["translation_cm"]) < 1e-2
+    onnx_only = run_evaluation(onnx_path, test_root / "mug", baselines=["pose_head"], progress=False,
+                               print_table=False)
+    assert onnx_only[0].summary["frames"] == 3
 
 
 def test_cli_evaluate_gt_baseline_writes_json(test_root: Path, tmp_path: Path) -> None:

@@ -15,11 +15,13 @@ from cse_train.config import get_config
 from cse_train.export import (
     INPUT_NAMES,
     OUTPUT_NAMES,
+    POSE_HEAD_NAMES,
     export_from_checkpoint,
     export_onnx,
     export_torchscript,
     read_onnx_metadata,
     read_torchscript_metadata,
+    store_weights_fp16,
     verify_onnx,
 )
 from cse_train.model import CSENet, save_checkpoint
@@ -103,7 +105,7 @@ def exported(tmp_path_factory):
 
 
 def _check_diffs(diffs: dict[str, float]) -> None:
-    assert set(diffs) == set(OUTPUT_NAMES)
+    assert set(diffs) == {*OUTPUT_NAMES, *POSE_HEAD_NAMES}
     assert all(d <= TOL for d in diffs.values()), diffs
 
 
@@ -135,7 +137,7 @@ def test_onnx_graph_signature(exported):
     proto = onnx.load(str(onnx_path))
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == list(INPUT_NAMES)
-    assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+    assert [o.name for o in proto.graph.output] == [*OUTPUT_NAMES, *POSE_HEAD_NAMES]
     for value in [*proto.graph.input, *proto.graph.output]:
         assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
@@ -203,3 +205,42 @@ def test_export_from_checkpoint(tmp_path):
     assert np.abs(vertices - expected).max() <= TOL
     # a zero-mean deformation keeps the centroid of the (scaled) prior
     np.testing.assert_allclose(vertices.mean(1)[0], model.mean_v.detach().numpy().mean(0), atol=1e-5)
+
+
+def test_pose_head_outputs_match_the_regressor(exported):
+    """The extra outputs are the regressor without the crop-centre shift (``K_ndc=None``)."""
+    model, onnx_path, _ = exported
+    rgb, mask = disc_crops(2, 128, 32, seed=3)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    R, t = sess.run(list(POSE_HEAD_NAMES), {"rgb": rgb.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        out = model.eval()(rgb, mask)
+    assert R.shape == (2, 3, 3) and t.shape == (2, 3)
+    np.testing.assert_allclose(R, out.R.numpy(), atol=TOL)
+    np.testing.assert_allclose(t, out.t.numpy(), atol=TOL)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-4)
+
+
+def test_store_weights_fp16_halves_the_file_and_rounds_only_the_weights(exported, tmp_path):
+    model, onnx_path, _ = exported
+    half = tmp_path / "mug16.onnx"
+    stats = store_weights_fp16(onnx_path, half)
+    assert stats["converted"] > 10
+    assert stats["bytes_after"] < 0.55 * stats["bytes_before"]
+    assert half.stat().st_size < 0.55 * onnx_path.stat().st_size
+    assert read_onnx_metadata(half) == read_onnx_metadata(onnx_path)
+    proto = onnx.load(str(half))
+    kinds = {i.data_type for i in proto.graph.initializer if np.prod(i.dims) >= 1024}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    # the graph's interface is unchanged (float32 in and out) and the node's loader accepts the file
+    from cse_pose_ros.inference import load_model
+
+    runtime = load_model(half, "cpu")
+    rgb, mask = disc_crops(2, 128, 32, seed=9)
+    v16, m16, c16 = runtime.run(rgb.numpy(), mask.numpy())
+    assert v16.dtype == np.float32
+    # differences are those of rounding the weights (relative 2^-11), far below the full-precision outputs' scale
+    diffs = verify_onnx(model, half, rgb, mask)
+    assert 0.0 < diffs["vertices"] < 1e-2 and diffs["match"] < 5e-2, diffs
+    # a tiny min_elements converts everything float; a huge one converts nothing
+    assert store_weights_fp16(onnx_path, tmp_path / "none.onnx", min_elements=10**9)["converted"] == 0
