@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose_ros/setup
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint demo bench bench-gpu bench-solver train-smoke export clean
+.PHONY: setup test lint demo eval bench bench-gpu bench-solver train-smoke export clean
 
 $(VENV)/.stamp: $(SETUP_INPUTS)
 	bash scripts/setup.sh
@@ -21,6 +21,9 @@ lint: $(VENV)/.stamp  ## ruff
 
 demo: $(VENV)/.stamp  ## synthetic camera + pose node over DDS; per-frame errors, annotated PNG (DEMO_ARGS=...)
 	bash scripts/demo.sh $(DEMO_ARGS)
+
+eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out synthetic test split + baselines (a)(b)(c); tables in out/eval (EVAL_ARGS=...)
+	$(PY) -m cse_train eval-models --no-progress $(EVAL_ARGS)
 
 bench: $(VENV)/.stamp  ## per-stage latency: node pipeline (onnxruntime/torch) vs the reference-equivalent peer; memory over 10,000 frames (BENCH_ARGS=...)
 	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench.py $(BENCH_ARGS)

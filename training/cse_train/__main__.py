@@ -1,8 +1,9 @@
-"""Command line: ``python -m cse_train {generate,train,evaluate,export,smoke}`` (also ``cse-train ...``).
+"""Command line: ``python -m cse_train {generate,train,evaluate,eval-models,export,smoke}`` (also ``cse-train ...``).
 
 - ``generate``: synthetic RGB-D videos in Wild6D's layout (``cse_train.data.synthetic.generate``).
 - ``train``: :func:`cse_train.train.train` (``torchrun --nproc_per_node=K -m cse_train train ...`` for DDP).
 - ``evaluate``: :func:`cse_train.evaluate.run_evaluation` (table + JSON; baselines as flags).
+- ``eval-models``: :func:`cse_train.shipped.evaluate_shipped` (``make eval``: every shipped model, all baselines).
 - ``export``: checkpoint -> ``<out-dir>/<category>.onnx`` + ``<category>.pt`` (TorchScript), verified.
 - ``smoke``: tiny synthetic set -> a short CPU training of the ``small`` model -> export -> check the ONNX runs
   in onnxruntime -> evaluation on the test videos; prints the figures (``make train-smoke``).
@@ -69,6 +70,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                    checkpoint=args.checkpoint, json_path=args.json, max_frames=args.max_frames,
                    list_file=args.list_file, params=_pipeline_params(args), backend=args.backend,
                    progress=not args.no_progress)
+    return 0
+
+
+def _cmd_eval_models(args: argparse.Namespace) -> int:
+    from .shipped import TEST_SPLIT, evaluate_shipped
+
+    spec = dict(TEST_SPLIT, videos=args.videos, frames=[args.frames, args.frames])
+    evaluate_shipped(args.models, args.data, args.out, categories=args.categories, spec=spec, workers=args.workers,
+                     progress=not args.no_progress)
     return 0
 
 
@@ -295,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="cpu", choices=("auto", "tensorrt", "cuda", "cpu", "torch"))
     e.add_argument("--no-progress", dest="no_progress", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+
+    m = sub.add_parser("eval-models", help="every shipped model on its held-out synthetic test split (make eval)")
+    m.add_argument("--models", default="models", help="folder of <category>.onnx files")
+    m.add_argument("--data", default="data/eval", help="test splits are generated here once")
+    m.add_argument("--out", default="out/eval", help="JSON per category and summary.md")
+    m.add_argument("--categories", nargs="+", choices=CATEGORIES, help="default: every model found")
+    m.add_argument("--videos", type=int, default=20, help="test videos per category")
+    m.add_argument("--frames", type=int, default=12, help="frames per test video")
+    m.add_argument("--workers", type=int, default=2, help="processes generating the test videos")
+    m.add_argument("--no-progress", dest="no_progress", action="store_true")
+    m.set_defaults(func=_cmd_eval_models)
 
     x = sub.add_parser("export", help="checkpoint -> <out-dir>/<category>.onnx + .pt")
     x.add_argument("--checkpoint", required=True)

@@ -314,7 +314,7 @@ class TorchPoseHead:
     def __init__(self, model: CSENet) -> None:
         self.model = model
         self.crop_size, self.grid_size = model.cfg.crop_size, model.cfg.grid_size
-        self.faces = model.faces.detach().cpu().long()
+        self.faces = model.faces.detach().cpu().numpy().astype(np.int64)
         self.base_rotation = np.asarray(model.base_rotation, np.float64)
 
     @torch.no_grad()
@@ -348,7 +348,7 @@ class OnnxPoseHead:
             raise ValueError(f"{path} has no pose-head outputs {POSE_HEAD_NAMES}; re-export it with cse_train export")
         info = parse_metadata(read_onnx_metadata(path), path)
         self.crop_size, self.grid_size = info.crop_size, info.grid_size
-        self.faces = torch.from_numpy(np.asarray(info.faces, np.int64))
+        self.faces = np.asarray(info.faces, np.int64)
         self.base_rotation = np.asarray(info.base_rotation, np.float64)
         self._names = ["vertices", *POSE_HEAD_NAMES]
 
@@ -371,8 +371,7 @@ def pose_head_pose(head: TorchPoseHead | OnnxPoseHead, frame: EvalFrame, params:
     """
     from cse_pose_ros.core.crop import intrinsics_to_ndc
 
-    from .render import MASK, render
-    from .train import render_intrinsics
+    from .data.raster import RasterMesh, rasterize
 
     S, G = head.crop_size, head.grid_size
     inst = np.asarray(frame.instance_mask) == _TARGET_ID
@@ -391,9 +390,11 @@ def pose_head_pose(head: TorchPoseHead | OnnxPoseHead, frame: EvalFrame, params:
     K_ndc = intrinsics_to_ndc(K_crop, S)
     t = t.copy()
     t[:2] -= K_ndc[0:2, 2] / np.array([K_ndc[0, 0], K_ndc[1, 1]]) * t[2]
-    v_cam = torch.from_numpy((verts @ R.T + t)[None].astype(np.float32))
-    K_r = render_intrinsics(torch.from_numpy(K_crop.astype(np.float32))[None], S, S)
-    rendered = render(v_cam, head.faces, K_r, (S, S), settings=MASK).depth[0].numpy()
+    # z-buffer depth of the posed prior in the crop (canonical units); the rasteriser puts pixel centres on
+    # integers, the crop maths on i + 0.5
+    K_r = K_crop.astype(np.float64).copy()
+    K_r[:2, 2] -= 0.5
+    rendered = rasterize([RasterMesh(verts @ R.T + t, head.faces)], K_r, S, S).depth_m
     both = valid & (rendered > 0)
     if both.sum() >= 10:
         scale = float(np.median(depth_c[both]) / np.median(rendered[both]))

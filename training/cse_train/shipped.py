@@ -1,0 +1,137 @@
+"""``make eval``: every shipped model on its held-out synthetic test split, with the three baselines.
+
+For each ``<models>/<category>.onnx`` (sorted): the test split of that category is generated once under
+``<data>/<category>`` (:data:`TEST_SPLIT`: shape parameters and textures of the ``test`` bands, never seen
+in training; tabletop clutter and occlusion; 640x480) unless a matching one is there (``split.json``
+records the generation arguments), then :func:`cse_train.evaluate.run_evaluation` runs the node's code path
+(core crop -> ONNX through ``cse_pose_ros.inference.load_model`` -> core selection -> RANSAC-Umeyama -> pose,
+default :class:`~cse_pose_ros.pipeline.PipelineParams`) and the baselines (a) ``pose_head`` (the ONNX file's
+pose-regressor outputs), (b) ``umeyama_all`` and (c) ``gt_correspondences``. Per category the plain table
+is printed and ``<out>/<category>.json`` written; at the end ``<out>/summary.md`` holds one markdown table per
+category (the model cards' accuracy tables) and the target check of the models issue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .evaluate import EvalReport, format_table, run_evaluation
+
+__all__ = ["BASELINE_LABELS", "TEST_SPLIT", "ensure_test_split", "evaluate_shipped", "markdown_table"]
+
+#: Generation arguments of the evaluation split (``cse_train.data.synthetic.generate``), per category.
+TEST_SPLIT: dict[str, Any] = {"split": "test", "videos": 20, "frames": [12, 12], "width": 640, "height": 480,
+                              "seed": 7}
+#: Evaluation modes in table order, with the label the cards use.
+BASELINE_LABELS: dict[str, str] = {
+    "pipeline": "ours (confidence filter + RANSAC)",
+    "pose_head": "(a) pose regressor head alone",
+    "umeyama_all": "(b) plain Umeyama on all correspondences (reference behaviour)",
+    "gt_correspondences": "(c) ground-truth correspondences, same solver (upper bound)",
+}
+#: Targets of the models issue on the held-out split (fractions).
+TARGET_IOU50, TARGET_10DEG5CM = 0.60, 0.50
+
+
+def ensure_test_split(root: str | Path, category: str, spec: dict[str, Any] | None = None, workers: int = 2) -> Path:
+    """The test videos of ``category`` under ``<root>/<category>``, generated when missing or made with
+    other arguments (recorded in ``<root>/<category>/split.json``). Returns the category directory."""
+    from .data.synthetic import generate
+
+    spec = dict(TEST_SPLIT if spec is None else spec)
+    cat_dir = Path(root) / category
+    stamp = cat_dir / "split.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == spec:
+        return cat_dir
+    generate(root, category, spec["split"], spec["videos"], frames=tuple(spec["frames"]), width=spec["width"],
+             height=spec["height"], seed=spec["seed"], workers=workers)
+    stamp.write_text(json.dumps(spec))
+    return cat_dir
+
+
+def markdown_table(reports: Sequence[EvalReport]) -> str:
+    """Markdown accuracy table of one category: rows in :data:`BASELINE_LABELS` order, metrics in %."""
+    cols = ("IoU25", "IoU50", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
+    lines = ["| mode | IoU25 | IoU50 | 5°2cm | 5°5cm | 10°2cm | 10°5cm | median rot° | median cm |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        s = r.summary
+        vals = [f"{100 * s[c]:.1f}" for c in cols]
+        vals += [f"{s['median_rotation_deg']:.2f}", f"{s['median_translation_cm']:.2f}"]
+        lines.append(f"| {BASELINE_LABELS.get(r.mode, r.mode)} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _target_line(reports: Sequence[EvalReport]) -> str:
+    by = {r.mode: r.summary for r in reports}
+    ours, plain = by["pipeline"], by.get("umeyama_all")
+    checks = [
+        f"IoU50 {100 * ours['IoU50']:.1f} % (>= {100 * TARGET_IOU50:.0f}: "
+        f"{'met' if ours['IoU50'] >= TARGET_IOU50 else 'MISSED'})",
+        f"10°5cm {100 * ours['10deg5cm']:.1f} % (>= {100 * TARGET_10DEG5CM:.0f}: "
+        f"{'met' if ours['10deg5cm'] >= TARGET_10DEG5CM else 'MISSED'})",
+    ]
+    if plain is not None:
+        better = ours["10deg5cm"] > plain["10deg5cm"]
+        checks.append(f"vs (b) on 10°5cm {100 * ours['10deg5cm']:.1f} vs {100 * plain['10deg5cm']:.1f} "
+                      f"({'better' if better else 'NOT better'})")
+    return "targets: " + "; ".join(checks)
+
+
+def evaluate_shipped(
+    models_dir: str | Path = "models",
+    data_root: str | Path = "data/eval",
+    out_dir: str | Path = "out/eval",
+    *,
+    categories: Sequence[str] | None = None,
+    spec: dict[str, Any] | None = None,
+    baselines: Sequence[str] = tuple(BASELINE_LABELS),
+    workers: int = 2,
+    progress: bool = False,
+) -> dict[str, list[EvalReport]]:
+    """Evaluate every ``<models_dir>/*.onnx`` (or those of ``categories``); print tables; write JSON and
+    ``<out_dir>/summary.md``. Returns category -> reports (in ``baselines`` order).
+
+    Raises:
+        FileNotFoundError: no model to evaluate.
+    """
+    from .export import read_onnx_metadata
+
+    t_start = time.perf_counter()
+    paths = sorted(Path(models_dir).glob("*.onnx"))
+    if categories is not None:
+        paths = [p for p in paths if p.stem in set(categories)]
+    if not paths:
+        which = f" for {list(categories)}" if categories else ""
+        raise FileNotFoundError(f"no .onnx model under {models_dir}{which}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[EvalReport]] = {}
+    md = ["# make eval: shipped models on the held-out synthetic test split\n",
+          f"split: {json.dumps(spec or TEST_SPLIT)}"]
+    for path in paths:
+        meta = read_onnx_metadata(path)
+        category = meta["category"]
+        t0 = time.perf_counter()
+        data = ensure_test_split(data_root, category, spec, workers)
+        t_gen = time.perf_counter() - t0
+        reports = run_evaluation(path, data, category=category, baselines=list(baselines),
+                                 json_path=out / f"{category}.json", progress=progress, print_table=False)
+        t_eval = time.perf_counter() - t0 - t_gen
+        frames = int(reports[0].summary["frames"])
+        print(f"\n== {category}: {path} (version {meta.get('version', '?')}, {path.stat().st_size / 2**20:.1f} MiB), "
+              f"{frames} frames; data {t_gen:.0f} s, evaluation {t_eval:.0f} s")
+        print(format_table(reports))
+        print(_target_line(reports))
+        md += [f"\n## {category}\n\n`{path.name}` version `{meta.get('version', '?')}`, {frames} frames\n",
+               markdown_table(reports), "", _target_line(reports)]
+        results[category] = reports
+    total = time.perf_counter() - t_start
+    md.append(f"\ntotal {total / 60:.1f} min")
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    print(f"\nmake eval: {len(results)} model(s) in {total / 60:.1f} min; markdown tables in {out / 'summary.md'}")
+    return results

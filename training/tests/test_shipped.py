@@ -1,0 +1,123 @@
+"""Tests of the shipped models (``models/*.onnx``) and of ``make eval`` (cse_train.shipped).
+
+Every shipped model runs a few held-out synthetic frames through the node's pipeline and must land near the
+ground truth, so that a broken export (wrong weights, wrong metadata, a graph that no longer matches the
+contract) cannot land. The bound is loose on purpose: the shipped CPU-trained models have median rotation
+errors of 10-25° (model cards), so a single frame's error against a 20° bound would be a coin toss; the
+median of :data:`FRAMES` frames against :data:`MAX_MEDIAN_ROT_DEG` is stable for a working model, and an
+untrained network of the same graph fails it (checked below, so the bound can fail).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cse_pose_ros.core import priors
+from cse_pose_ros.inference import load_model
+from cse_train.__main__ import export_model
+from cse_train.config import get_config
+from cse_train.data.synthetic import render_frame, sample_scene
+from cse_train.evaluate import EvalFrame, evaluate
+from cse_train.export import read_onnx_metadata
+from cse_train.model import CSENet, save_checkpoint
+from cse_train.shipped import BASELINE_LABELS, ensure_test_split, evaluate_shipped, markdown_table
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = sorted(MODELS.glob("*.onnx"))
+#: Test-split scene seeds (one frame each, 640x480, clutter as generated).
+FRAMES = tuple(range(6))
+MAX_MEDIAN_ROT_DEG = 30.0
+MAX_MEDIAN_T_CM = 5.0
+TINY = {"crop_size": 64, "grid_size": 16, "resnet_widths": [16, 32, 64, 128]}
+
+
+def synthetic_frames(category: str, seeds: tuple[int, ...] = FRAMES) -> list[EvalFrame]:
+    """The first frame of test-split scenes ``seeds`` of ``category`` (target = instance 1)."""
+    out = []
+    for seed in seeds:
+        f = render_frame(sample_scene(category, "test", seed, frames=(1, 1)), 0, 640, 480)
+        gt = f.gt[0]
+        out.append(EvalFrame(f"{category}/{seed}", f.rgb, f.depth_m, (f.instance_mask == 1).astype(np.uint8), f.K,
+                             np.asarray(gt["R"], float), np.asarray(gt["t"], float), np.asarray(gt["size"], float)))
+    return out
+
+
+def median_errors(model_path: Path, category: str) -> tuple[float, float]:
+    """Median rotation (deg) and translation (cm) of the node pipeline over :func:`synthetic_frames`;
+    a frame without a pose counts as 180° / 100 cm."""
+    report = evaluate(synthetic_frames(category), category, backend=load_model(model_path, "cpu"))
+    rot = [f.get("rotation_deg", 180.0) for f in report.frames]
+    trans = [f.get("translation_cm", 100.0) for f in report.frames]
+    return float(np.median(rot)), float(np.median(trans))
+
+
+def test_models_folder_is_within_budget():
+    assert SHIPPED, f"no model in {MODELS}"
+    total = sum(p.stat().st_size for p in MODELS.iterdir() if p.is_file())
+    assert total < 60 * 2**20, f"models/ holds {total / 2**20:.1f} MiB"
+    for p in SHIPPED:
+        assert (MODELS / f"{p.stem}.md").is_file(), f"{p.name} has no model card"
+        assert read_onnx_metadata(p)["category"] == p.stem
+
+
+@pytest.mark.parametrize("model_path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_poses_synthetic_frames(model_path: Path):
+    category = read_onnx_metadata(model_path)["category"]
+    assert category in priors.CATEGORIES
+    rot, trans = median_errors(model_path, category)
+    print(f"{category}: median rotation {rot:.1f}°, translation {trans:.2f} cm over {len(FRAMES)} frames")
+    assert rot < MAX_MEDIAN_ROT_DEG and trans < MAX_MEDIAN_T_CM, (rot, trans)
+
+
+def test_the_bound_rejects_an_untrained_network(tmp_path: Path):
+    """Same graph and prior as a shipped model, random weights: the bound must fail."""
+    category = "mug"
+    torch.manual_seed(0)
+    model = CSENet.from_category(category, get_config("small"))
+    onnx_path = export_model(save_checkpoint(tmp_path / "ckpt.pt", model), tmp_path, torchscript=False)
+    rot, trans = median_errors(onnx_path, category)
+    assert not (rot < MAX_MEDIAN_ROT_DEG and trans < MAX_MEDIAN_T_CM), (rot, trans)
+
+
+def test_evaluate_shipped_writes_tables_and_reuses_the_split(tmp_path: Path, capsys: pytest.CaptureFixture):
+    torch.manual_seed(0)
+    model = CSENet.from_category("bowl", get_config("small", **TINY))
+    models = tmp_path / "models"
+    export_model(save_checkpoint(tmp_path / "ckpt.pt", model), models, torchscript=False, fp16_weights=True)
+    spec = {"split": "test", "videos": 1, "frames": [2, 2], "width": 320, "height": 240, "seed": 3}
+    results = evaluate_shipped(models, tmp_path / "data", tmp_path / "out", spec=spec, workers=1)
+    assert list(results) == ["bowl"]
+    assert [r.mode for r in results["bowl"]] == list(BASELINE_LABELS)
+    assert all(r.summary["frames"] == 2 for r in results["bowl"])
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## bowl" in summary and "targets: IoU50" in summary
+    assert summary.count("| (") == 3 and "| ours" in summary
+    doc = json.loads((tmp_path / "out" / "bowl.json").read_text())
+    assert doc["category"] == "bowl" and len(doc["reports"]) == 4
+    assert "gt_correspondences" in capsys.readouterr().out
+    # the split is reused as long as its arguments match, regenerated when they change
+    stamp = tmp_path / "data" / "bowl" / "split.json"
+    before = stamp.stat().st_mtime_ns
+    ensure_test_split(tmp_path / "data", "bowl", spec, workers=1)
+    assert stamp.stat().st_mtime_ns == before
+    ensure_test_split(tmp_path / "data", "bowl", dict(spec, frames=[1, 1]), workers=1)
+    assert json.loads(stamp.read_text())["frames"] == [1, 1]
+    with pytest.raises(FileNotFoundError):
+        evaluate_shipped(tmp_path / "nothing", tmp_path / "data", tmp_path / "out2", spec=spec)
+
+
+def test_markdown_table_rows_follow_the_labels(tmp_path: Path):
+    from cse_train.evaluate import EvalReport
+
+    summary = {"IoU25": 1.0, "IoU50": 0.5, "5deg2cm": 0.1, "5deg5cm": 0.2, "10deg2cm": 0.3, "10deg5cm": 0.4,
+               "median_rotation_deg": 12.345, "median_translation_cm": 1.5}
+    table = markdown_table([EvalReport("pipeline", "mug", summary), EvalReport("umeyama_all", "mug", summary)])
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| ours (confidence filter + RANSAC) | 100.0 | 50.0 | 10.0 | 20.0 | 30.0 | 40.0 | 12.35 | 1.50 |"
+    assert lines[3].startswith("| (b) plain Umeyama")
