@@ -6,7 +6,7 @@ SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose_ros/setup
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint demo eval bench bench-gpu bench-solver train-smoke export clean
+.PHONY: setup test lint demo train eval bench bench-gpu bench-solver train-smoke export clean
 
 $(VENV)/.stamp: $(SETUP_INPUTS)
 	bash scripts/setup.sh
@@ -21,6 +21,11 @@ lint: $(VENV)/.stamp  ## ruff
 
 demo: $(VENV)/.stamp  ## synthetic camera + pose node over DDS; per-frame errors, annotated PNG (DEMO_ARGS=...)
 	bash scripts/demo.sh $(DEMO_ARGS)
+
+CATEGORY ?= mug
+STEPS ?= 1000
+train: $(VENV)/.stamp  ## CATEGORY=<category> [STEPS=1000]: the shipped models' recipe on CPU -> out/<category>/export/<category>.onnx (~15 min)
+	bash scripts/train_category.sh $(CATEGORY) $(STEPS)
 
 eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out synthetic test split + baselines (a)(b)(c); tables in out/eval (EVAL_ARGS=...)
 	$(PY) -m cse_train eval-models --no-progress $(EVAL_ARGS)

@@ -273,6 +273,31 @@ def render_intrinsics(K_crop: Tensor, crop_size: int, render_size: int) -> Tenso
     return K
 
 
+def canonical_azimuth(R_gt: Tensor, t_gt: Tensor) -> Tensor:
+    """For objects symmetric about their y axis: the GT rotation turned about y so that the camera lies in the
+    object's y-z half-plane (x = 0, z > 0).
+
+    The ground truth of a y-symmetric object fixes its azimuth only through the (random) texture, so a
+    network cannot predict it from the image; supervising coordinates in a frame that depends on it teaches
+    the average over azimuths, which pulls the visible surface towards the axis (the fitted centre then
+    lands about a radius towards the camera). In the frame returned here the azimuth is a function of the
+    view, as NOCS does for its symmetric categories. ``R' = R R_y(phi)``, ``phi = atan2(c_x, c_z)`` with
+    ``c = -R^T t`` the camera centre in the object frame; the object's points map by ``R_y(phi)^T``, which
+    leaves a y-symmetric shape unchanged.
+
+    Args:
+        R_gt: [B,3,3] published object -> camera (column form). t_gt: [B,3] box centre in the camera frame.
+    Returns:
+        [B,3,3] rotation, det +1.
+    """
+    c = -torch.einsum("bji,bj->bi", R_gt, t_gt)  # R^T (0 - t)
+    phi = torch.atan2(c[:, 0], c[:, 2])
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    zero, one = torch.zeros_like(phi), torch.ones_like(phi)
+    R_y = torch.stack([cos, zero, sin, zero, one, zero, -sin, zero, cos], dim=-1).view(-1, 3, 3)
+    return R_gt @ R_y
+
+
 def gt_canonical_grid(
     depth_m: Tensor,
     mask: Tensor,
@@ -379,6 +404,7 @@ class LossModule(nn.Module):
         # have sharp rims the reference form would smooth away).
         self.register_buffer("rest_vertices", model.mean_v.detach().clone(), persistent=False)
         self.register_buffer("sym_transforms", L.symmetry_transforms(model.category), persistent=False)
+        self.y_symmetric = model.symmetry == "y"  # synthetic-gt targets in the view-canonical azimuth
         prior = model.mean_v.detach()
         lo, hi = prior.min(0).values, prior.max(0).values
         self.register_buffer("prior_center", 0.5 * (lo + hi), persistent=False)
@@ -452,8 +478,9 @@ class LossModule(nn.Module):
         if self.supervision == "synthetic-gt" and "synthetic_gt" in on:
             if "R" not in batch:
                 raise KeyError("supervision 'synthetic-gt' needs ground-truth poses (R, t, size) in the batch")
+            R_gt = canonical_azimuth(batch["R"], batch["t"]) if self.y_symmetric else batch["R"]
             coords, valid, R_can, t_can, scale = gt_canonical_grid(
-                depth, mask, K_crop, batch["R"], batch["t"], batch["size"], self.prior_center,
+                depth, mask, K_crop, R_gt, batch["t"], batch["size"], self.prior_center,
                 self.prior_extent, self.base_rotation, g,
             )
             valid = valid & mask_g

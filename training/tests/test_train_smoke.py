@@ -20,6 +20,7 @@ from cse_train.model import CSENet, load_checkpoint
 from cse_train.train import (
     TrainConfig,
     build_param_groups,
+    canonical_azimuth,
     color_jitter,
     gt_canonical_grid,
     render_intrinsics,
@@ -152,3 +153,27 @@ def test_cli_parses_every_subcommand() -> None:
     assert p.parse_args(["smoke"]).steps == 250
     with pytest.raises(SystemExit):
         p.parse_args(["train", "--category", "teapot", "--data", "d"])
+
+
+def test_canonical_azimuth_puts_the_camera_in_the_yz_half_plane() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+    q = q / q.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1).view(16, 3, 3)
+    t = torch.randn(16, 3, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    R2 = canonical_azimuth(R, t)
+    cam = -torch.einsum("bji,bj->bi", R2, t)  # camera centre in the new object frame
+    assert torch.allclose(cam[:, 0], torch.zeros(16, dtype=torch.float64), atol=1e-9)
+    assert (cam[:, 2] > 0).all()
+    # the change is a rotation about the object's y axis only (a symmetry of y-symmetric shapes)
+    D = R.transpose(1, 2) @ R2
+    assert torch.allclose(D[:, 1], torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(16, 3), atol=1e-9)
+    assert torch.allclose(torch.linalg.det(R2), torch.ones(16, dtype=torch.float64), atol=1e-9)
+    # the same distance and height of the camera
+    cam0 = -torch.einsum("bji,bj->bi", R, t)
+    assert torch.allclose(cam.norm(dim=-1), cam0.norm(dim=-1)) and torch.allclose(cam[:, 1], cam0[:, 1])
+    # idempotent
+    assert torch.allclose(canonical_azimuth(R2, t), R2, atol=1e-9)
