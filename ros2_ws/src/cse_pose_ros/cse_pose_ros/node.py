@@ -41,6 +41,7 @@ from .core.camera import backproject, decode_depth, scale_intrinsics
 from .core.errors import PoseError
 from .inference import ModelError, find_models, load_model
 from .markers import (
+    DisplayMeshes,
     build_marker_array,
     draw_instances,
     matrix_from_quaternion,
@@ -108,6 +109,18 @@ class PoseSmoother:
         """Drop tracks last seen before ``stamp_s`` (keeps the dict bounded)."""
         for key in [k for k, v in self._tracks.items() if v[0] < stamp_s]:
             del self._tracks[key]
+
+
+def neutral_vertices(model) -> np.ndarray | None:
+    """(N, 3) canonical vertices the model predicts for a black crop with a full mask (deterministic per
+    model file): the geometry that chooses the mesh marker's decimation. None when the call fails."""
+    info = model.info
+    s, g = info.crop_size, info.grid_size
+    try:
+        vertices = model.run(np.zeros((1, 3, s, s), np.float32), np.ones((1, 1, g, g), np.float32))[0]
+        return np.array(vertices[0], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - display only: the full mesh is drawn instead
+        return None
 
 
 def observed_points(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
@@ -212,6 +225,8 @@ class PoseNode(Node):
         self._class_map = self._p.class_map_dict()
         self._models, self._model_error = self._load_models()
         self._faces = {c: np.asarray(m.info.faces) for c, m in self._models.items()}
+        self._meshes = DisplayMeshes(self._faces, {c: neutral_vertices(m) for c, m in self._models.items()})
+        self._meshes.faces(self._p.mesh_marker_max_faces)  # decimate now, not in the first frame callback
         self._pipeline = PosePipeline(self._models, self._pipeline_params(self._p)) if self._models else None
         self._open3d_ok = self._p.refine and self._import_open3d()
 
@@ -266,7 +281,7 @@ class PoseNode(Node):
             if explicit:
                 found: dict[str, object] = {}
                 for path in explicit:
-                    model = load_model(path, self._p.backend)
+                    model = load_model(path, self._p.backend, intra_op_threads=self._p.intra_op_threads)
                     found[model.info.category] = model
                 wanted = self._wanted_categories(list(found))
                 missing = [c for c in wanted if c not in found]
@@ -281,7 +296,8 @@ class PoseNode(Node):
                 missing = [c for c in wanted if c not in paths]
                 if missing:
                     raise ModelError(self._p.model_dir, f"no model file for category {', '.join(missing)}")
-                models = {c: load_model(paths[c], self._p.backend) for c in wanted}
+                models = {c: load_model(paths[c], self._p.backend, intra_op_threads=self._p.intra_op_threads)
+                          for c in wanted}
             for c, m in models.items():
                 if m.info.category != c:
                     raise ModelError(m.info.path, f"metadata category {m.info.category!r}, expected {c!r}")
@@ -476,7 +492,8 @@ class PoseNode(Node):
             self._pub_pose.publish(pose_stamped(header, best.pose.R, best.pose.t_m))
         self._pub_poses.publish(pose_array(header, [i.pose for i in trusted]))
         if self._p.publish_markers and self._pub_markers.get_subscription_count() > 0:
-            self._pub_markers.publish(build_marker_array(header, instances, self._faces, self._p.marker_lifetime_s,
+            faces = self._meshes.faces(self._p.mesh_marker_max_faces)
+            self._pub_markers.publish(build_marker_array(header, instances, faces, self._p.marker_lifetime_s,
                                                          self._p.publish_mesh_marker))
         if self._p.publish_debug_image and self._pub_debug.get_subscription_count() > 0:
             self._pub_debug.publish(numpy_to_image(draw_instances(frame.rgb, frame.K, instances), "rgb8", header))

@@ -4,12 +4,15 @@
 One run, the same 640x480 frames (1 and 5 objects) for every method, methods interleaved frame by frame so
 that load from other processes hits them alike:
 
-* **ours**, once per available backend (onnxruntime CPU with its default intra-op threads as the node
-  runs it and with 1 thread, TorchScript CPU; CUDA EP, TensorRT FP16 and TorchScript CUDA when present):
+* **ours**, once per available backend (``ort-cpu``: onnxruntime CPU as the node runs it by default,
+  i.e. ``intra_op_threads`` = 1; ``ort-cpu-mt``: one intra-op thread per core, idle threads not
+  spinning; TorchScript CPU; CUDA EP, TensorRT FP16 and TorchScript CUDA when present; on request
+  ``ort-cpu-2t`` / ``ort-cpu-2t-nospin``: 2 threads with onnxruntime's spinning pool / without):
   the node's frame path without DDS input: ``sensor_msgs`` messages -> decode (``image_to_numpy``,
   ``decode_depth``, instance ids) -> :class:`~cse_pose_ros.pipeline.PosePipeline` (crop, model,
-  select, lift, solve, pose) -> message build (PoseStamped, PoseArray, MarkerArray with mesh, diagnostics)
-  -> rclpy ``publish`` on a node without subscribers.
+  select, lift, solve, pose) -> message build (PoseStamped, PoseArray, MarkerArray with the mesh
+  decimated as the node does, parameter ``mesh_marker_max_faces``, diagnostics) -> rclpy ``publish`` on
+  a node without subscribers.
 * **reference**: :class:`cse_train.reference_pipeline.ReferencePipeline` (eager torch CSE network at the
   paper's sizes S 256 / G 64, the reference crop, confidence upsampling and selection, the 100-iteration
   5-point RANSAC-Umeyama), after the same decode; it builds and publishes no messages.
@@ -34,10 +37,10 @@ network (about 4 minutes on this machine).
 Times are milliseconds of wall clock per frame; e2e is the whole frame (decode to publish), so stages need
 not sum to it exactly. BLAS is limited to one thread as in the node (``node.limit_blas_threads``); torch
 (TorchScript backend and the peer) runs with ``--torch-threads`` (default 1: its 2-thread OpenMP pool was
-10x slower on this busy 2-core machine); onnxruntime runs with its default intra-op threads (the node's
-setting) and with 1 (row ``ort-cpu-1t``). Python's cyclic GC is frozen after set-up (``--no-gc-freeze``):
-the bench process holds torch and the peer, which the node does not, and full GC passes over them would
-add pauses to our frames that the node does not have.
+10x slower on this busy 2-core machine); onnxruntime runs with the node's ``intra_op_threads`` (row
+``ort-cpu``) and with one thread per core (row ``ort-cpu-mt``). Python's cyclic GC is frozen after
+set-up (``--no-gc-freeze``): the bench process holds torch and the peer, which the node does not, and full
+GC passes over them would add pauses to our frames that the node does not have.
 """
 
 from __future__ import annotations
@@ -67,14 +70,19 @@ E2E_NO_MARKERS = "e2e-nomk"
 TARGET_P50_MS = {1: 30.0, 5: 80.0}
 TARGET_SPEEDUP = 3.0
 TARGET_GROWTH_MIB = 5.0
-#: Backends the bench knows, in table order: name -> (``load_model`` backend, onnxruntime intra-op threads).
-BACKENDS: dict[str, tuple[str, int]] = {
-    "ort-cpu": ("cpu", 0),
-    "ort-cpu-1t": ("cpu", 1),
-    "torch": ("torch", 0),
-    "ort-cuda": ("cuda", 0),
-    "ort-trt": ("tensorrt", 0),
+#: Backends the bench knows, in table order: name -> (``load_model`` backend, onnxruntime intra-op threads,
+#: idle pool threads spin); None = the node's default (parameter ``intra_op_threads``, ``OnnxOptions``).
+BACKENDS: dict[str, tuple[str, int | None, bool | None]] = {
+    "ort-cpu": ("cpu", None, None),
+    "ort-cpu-mt": ("cpu", 0, None),
+    "ort-cpu-2t": ("cpu", 2, True),
+    "ort-cpu-2t-nospin": ("cpu", 2, False),
+    "torch": ("torch", None, None),
+    "ort-cuda": ("cuda", None, None),
+    "ort-trt": ("tensorrt", None, None),
 }
+#: Rows of ``--backends auto`` (those available); the others on request.
+AUTO_BACKENDS: tuple[str, ...] = ("ort-cpu", "ort-cpu-mt", "torch", "ort-cuda", "ort-trt")
 GPU_BACKENDS = ("ort-cuda", "ort-trt")
 WIDTH, HEIGHT, F_PX = 640, 480, 600.0
 #: Object size of the rendered boxes: this factor times the oracle's canonical extents (1.4, 2.0, 1.2).
@@ -369,10 +377,17 @@ class NodeMethod:
     Args:
         label: row label. model: an ``InferenceBackend`` (possibly :class:`OracleOutputs`).
         publishers: shared :class:`Publishers`. category: category of every instance.
+        mesh_max_faces: triangles of the mesh marker at most, decimated as the node does (None = the
+            node's default, parameter ``mesh_marker_max_faces``; 0 = full mesh).
     """
 
-    def __init__(self, label: str, model: Any, publishers: Publishers, category: str) -> None:
+    def __init__(
+        self, label: str, model: Any, publishers: Publishers, category: str, mesh_max_faces: int | None = None
+    ) -> None:
         from cse_pose_ros.diagnostics import FrameStats
+        from cse_pose_ros.markers import DisplayMeshes
+        from cse_pose_ros.node import neutral_vertices
+        from cse_pose_ros.params import spec
         from cse_pose_ros.pipeline import PipelineParams, PosePipeline
 
         self.label = label
@@ -380,7 +395,10 @@ class NodeMethod:
         self.category = category
         self.params = PipelineParams()
         self.pipeline = PosePipeline({category: model}, self.params)
-        self.faces = {category: np.asarray(model.info.faces)}
+        if mesh_max_faces is None:
+            mesh_max_faces = int(spec("mesh_marker_max_faces").default)
+        meshes = DisplayMeshes({category: np.asarray(model.info.faces)}, {category: neutral_vertices(model)})
+        self.faces = meshes.faces(mesh_max_faces)
         self.stats = FrameStats(100)
         self.publishers = publishers
         self._k_cache: tuple[Any, np.ndarray] | None = None
@@ -737,6 +755,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out-dir", type=Path, default=None, help="keep exported models here (default: temp dir)"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write all samples and figures as JSON")
+    ap.add_argument(
+        "--mesh-max-faces",
+        type=int,
+        default=None,
+        help="triangles of the mesh marker at most (default: the node's mesh_marker_max_faces; 0 = full mesh)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.frames < 1 or args.ref_frames < 1 or args.mem_frames < 0:
@@ -749,7 +773,7 @@ def available_backends(requested: str) -> tuple[list[str], list[str]]:
     from cse_pose_ros.inference import available_providers
 
     providers = available_providers()
-    wanted = list(BACKENDS) if requested == "auto" else [b.strip() for b in requested.split(",") if b.strip()]
+    wanted = list(AUTO_BACKENDS) if requested == "auto" else [b.strip() for b in requested.split(",") if b.strip()]
     unknown = [b for b in wanted if b not in BACKENDS]
     if unknown:
         raise SystemExit(f"bench: unknown backend(s) {unknown}; known: {list(BACKENDS)}")
@@ -761,6 +785,19 @@ def available_backends(requested: str) -> tuple[list[str], list[str]]:
         else:
             run.append(b)
     return run, skipped
+
+
+def ort_options(backend: str) -> tuple[str, dict[str, Any]]:
+    """(``load_model`` backend, its onnxruntime keyword arguments) of a :data:`BACKENDS` row, the node's
+    defaults filled in."""
+    from cse_pose_ros.inference import OnnxOptions
+    from cse_pose_ros.params import spec
+
+    kind, threads, spinning = BACKENDS[backend]
+    return kind, {
+        "intra_op_threads": int(spec("intra_op_threads").default) if threads is None else threads,
+        "allow_spinning": OnnxOptions().allow_spinning if spinning is None else spinning,
+    }
 
 
 def _say(text: str) -> None:
@@ -808,13 +845,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours: list[str] = []
         labels_info: list[str] = []
         for b in backends:
-            kind, threads = BACKENDS[b]
+            kind, ort_kw = ort_options(b)
             if kind == "torch" and files.torchscript is None:
                 skipped.append("torch: no TorchScript file next to the trained ONNX")
                 continue
             path = files.torchscript if kind == "torch" else files.onnx
             try:
-                model = load_model(path, kind, intra_op_threads=threads)
+                model = load_model(path, kind, **ort_kw)
             except ModelError as exc:  # e.g. a GPU provider listed by onnxruntime that fails to start
                 skipped.append(f"{b}: {exc.problem}")
                 continue
@@ -827,16 +864,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     oracle_model(files, out_dir, args.category, info.crop_size, info.grid_size), "cpu"
                 )
                 model = OracleOutputs(model, oracle, corruptor)
-            methods.append(NodeMethod(label, model, publishers, args.category))
+            methods.append(NodeMethod(label, model, publishers, args.category, args.mesh_max_faces))
             ours.append(label)
             if kind == "torch":
                 labels_info.append(
                     f"{label}: TorchScript {path.name}, torch intra-op threads {torch.get_num_threads()}"
                 )
             elif kind == "cpu":
+                threads = ort_kw["intra_op_threads"]
                 labels_info.append(
                     f"{label}: onnxruntime {onnxruntime.__version__} CPU EP, intra-op threads "
-                    f"{threads if threads else f'default (= {os.cpu_count()} here)'}"
+                    f"{threads if threads else f'0 (one per core, {os.cpu_count()} here)'}"
+                    + (f", idle threads spin: {ort_kw['allow_spinning']}" if threads != 1 else "")
                 )
             else:
                 labels_info.append(
@@ -897,23 +936,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             mem_model = args.mem_model
             if mem_model == "auto":
                 mem_model = "network" if gpu_first else "oracle"
-            kind, threads = BACKENDS[mem_backend]
+            kind, ort_kw = ort_options(mem_backend)
             info = read_onnx_info(files.onnx)
             oracle_path = oracle_model(files, out_dir, args.category, info.crop_size, info.grid_size)
             if mem_model == "network":
                 path = files.torchscript if kind == "torch" else files.onnx
-                net = load_model(path, kind, intra_op_threads=threads)
+                net = load_model(path, kind, **ort_kw)
                 oracle = load_model(oracle_path, "cpu")
                 model = OracleOutputs(net, oracle, corruptor) if args.correspondences == "oracle" else net
                 what = f"the {net.name} network"
             else:
-                oracle = load_model(oracle_path, kind if kind != "torch" else "cpu", intra_op_threads=threads)
+                oracle = load_model(oracle_path, kind if kind != "torch" else "cpu", **ort_kw)
                 model = OracleOutputs(None, oracle, corruptor)
                 what = (
                     f"the oracle ONNX model in {oracle.name} in place of the network: its 14-vertex box is "
                     "the mesh marker; every other stage as in the table"
                 )
-            mem_method = NodeMethod(f"memory {mem_backend}", model, publishers, args.category)
+            mem_method = NodeMethod(
+                f"memory {mem_backend}", model, publishers, args.category, args.mesh_max_faces
+            )
             mem_scene = next((s for s in scenes if s.n_objects == args.mem_objects), None) or make_scene(
                 args.mem_objects, args.seed
             )
@@ -932,6 +973,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
         except OSError:
             pass
+        ours_methods = [m for m in methods if isinstance(m, NodeMethod)]
+        mesh_faces = "/".join(sorted({str(len(f)) for m in ours_methods for f in m.faces.values()})) or "no"
         header = [
             f"cse_pose bench {datetime.datetime.now().isoformat(timespec='seconds')}  host {platform.node()}",
             f"CPU: {cpu}, {os.cpu_count()} logical cores; load average (1/5/15 min) at start {load0}, "
@@ -962,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "not frozen"
             ),
             f"publish: {publishers.mode}; msg = PoseStamped + PoseArray + MarkerArray "
-            "(box, axes, mesh, label) "
+            f"(box, axes, mesh of {mesh_faces} triangles, label) "
             "+ DiagnosticArray, every frame (the node: markers only with a subscriber, diagnostics at 1 Hz)",
             *labels_info,
             *(f"skipped {s}" for s in skipped),

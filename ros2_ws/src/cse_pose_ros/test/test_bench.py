@@ -183,6 +183,7 @@ def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path, caps
     for stage in (*bench.STAGES, bench.E2E, bench.E2E_NO_MARKERS):
         assert stage in head.split()
     assert "load average" in text and "intra-op threads" in text and "random init" in text
+    assert "mesh of " in text and " triangles" in text
     for label in ("ours ort-cpu", "ours torch-cpu", "reference cpu"):
         for n in (1, 5):
             row = next(
@@ -200,6 +201,17 @@ def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path, caps
             assert np.isfinite(row[stage]) and row[stage] >= 0, (stage, row)
         assert row[bench.E2E] >= row["model"]
     assert payload["memory"]["frames"] == 110 and np.isfinite(payload["memory"]["rss_growth_mib"])
+
+
+def test_backend_rows_use_the_node_defaults(bench):
+    from cse_pose_ros.params import spec
+
+    assert set(bench.AUTO_BACKENDS) <= set(bench.BACKENDS)
+    kind, kw = bench.ort_options("ort-cpu")  # the node as it runs by default
+    assert kind == "cpu" and kw == {"intra_op_threads": spec("intra_op_threads").default, "allow_spinning": False}
+    assert bench.ort_options("ort-cpu-mt")[1]["intra_op_threads"] == 0
+    assert bench.ort_options("ort-cpu-2t")[1] == {"intra_op_threads": 2, "allow_spinning": True}
+    assert bench.ort_options("ort-cpu-2t-nospin")[1] == {"intra_op_threads": 2, "allow_spinning": False}
 
 
 def test_crop_planes_out_buffer_and_input_dtype_do_not_change_the_result():

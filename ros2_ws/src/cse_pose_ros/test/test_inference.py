@@ -215,6 +215,19 @@ def test_io_binding_and_plain_paths_agree(oracle):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize(("threads", "spinning"), [(1, False), (2, True), (0, False)])
+def test_thread_and_spinning_options_reach_the_session(oracle, threads, spinning):
+    model = load_model(oracle, backend="cpu", intra_op_threads=threads, allow_spinning=spinning)
+    so = model._session.get_session_options()
+    assert so.intra_op_num_threads == threads and so.inter_op_num_threads == 1
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+
+
+def test_default_session_does_not_spin(oracle):
+    so = load_model(oracle, backend="cpu")._session.get_session_options()
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_find_and_load_models(tmp_path):
     write_oracle_model(tmp_path / "mug.onnx", category="mug")
     write_oracle_model(tmp_path / "bowl.onnx", category="bowl", symmetry="y")

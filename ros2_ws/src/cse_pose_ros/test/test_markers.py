@@ -9,10 +9,13 @@ import pytest
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
+from cse_pose_ros import markers
 from cse_pose_ros.markers import (
     BOX_EDGES,
+    DisplayMeshes,
     box_corners_obj,
     build_marker_array,
+    decimate_faces,
     draw_instances,
     label_text,
     matrix_from_quaternion,
@@ -122,3 +125,96 @@ def test_debug_image_draws_projected_box_and_axes():
     # behind the camera: nothing drawn, no exception
     inst.pose.t_m = np.array([0.0, 0.0, -1.0])
     assert draw_instances(rgb, K, [inst]).sum() == 0
+
+
+def _mug():
+    from cse_pose_ros.core.priors import prior_mesh
+
+    mesh = prior_mesh("mug")  # body and handle: two closed components, 564 vertices, 1120 triangles
+    return mesh.vertices.astype(np.float64), np.asarray(mesh.faces)
+
+
+def _components(faces: np.ndarray, n: int) -> list[set[int]]:
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b, c in faces.tolist():
+        parent[find(a)] = find(b)
+        parent[find(b)] = find(c)
+    groups: dict[int, set[int]] = {}
+    for v in np.unique(faces).tolist():
+        groups.setdefault(find(v), set()).add(v)
+    return list(groups.values())
+
+
+@pytest.mark.parametrize("max_faces", [150, 300, 600])
+def test_decimated_mesh_is_well_formed_and_keeps_the_shape(max_faces):
+    v, f = _mug()
+    d = decimate_faces(v, f, max_faces)
+    assert d.dtype == np.int32 and d.ndim == 2 and d.shape[1] == 3
+    assert 0.6 * max_faces <= len(d) <= max_faces  # a fine grid under the bound, not far below it
+    assert d.min() >= 0 and d.max() < len(v)  # indexes the original vertices: follows their deformation
+    assert ((d[:, 0] != d[:, 1]) & (d[:, 1] != d[:, 2]) & (d[:, 0] != d[:, 2])).all()  # no degenerate
+    assert len(np.unique(np.sort(d, axis=1), axis=0)) == len(d)  # no repeated triangle
+    # every component (body, handle) is still drawn, the drawn vertices span the same box and cover it
+    used = np.unique(d)
+    assert all(set(used.tolist()) & comp for comp in _components(f, len(v)))
+    np.testing.assert_allclose(v[used].min(0), v.min(0), atol=0.1)
+    np.testing.assert_allclose(v[used].max(0), v.max(0), atol=0.1)
+    gap = np.linalg.norm(v[:, None] - v[used][None], axis=2).min(axis=1)  # (N,) to the nearest drawn vertex
+    assert np.percentile(gap, 95) < 0.45  # canonical units: the mesh spans 2
+    # orientation kept and no folding of opposite walls onto each other: the enclosed volume stays close
+    def volume(tri_idx: np.ndarray) -> float:
+        t = v[tri_idx]
+        return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6)
+
+    assert volume(f) > 0 and abs(volume(d) - volume(f)) < 0.3 * volume(f)
+
+
+def test_decimation_bounds_and_identity():
+    v, f = _mug()
+    np.testing.assert_array_equal(decimate_faces(v, f, 0), f)  # 0 = full mesh
+    np.testing.assert_array_equal(decimate_faces(v, f, len(f)), f)
+    assert len(decimate_faces(v, f, 4)) <= 4
+    with pytest.raises(ValueError, match="outside"):
+        decimate_faces(v[:10], f, 100)
+    # deterministic: the same model gives the same display mesh
+    np.testing.assert_array_equal(decimate_faces(v, f, 300), decimate_faces(v.copy(), f.copy(), 300))
+
+
+def test_mesh_marker_of_a_decimated_mesh_follows_the_deformed_vertices():
+    v, f = _mug()
+    meshes = DisplayMeshes({"mug": f, "bowl": f}, {"mug": v, "bowl": None})
+    faces = meshes.faces(300)
+    assert len(faces["mug"]) <= 300 and faces["bowl"] is f  # no vertices known: full mesh
+    assert meshes.faces(300) is faces  # cached per bound
+    assert len(meshes.faces(0)["mug"]) == len(f)
+    inst = _instance(1)
+    inst.vertices_cam = 0.05 * (v + np.random.default_rng(3).normal(0, 0.01, v.shape)) + inst.pose.t_m
+    arr = build_marker_array(Header(), [inst], faces)
+    mesh = next(m for m in arr.markers if m.ns == "mug/mesh")
+    pts = np.array([[p.x, p.y, p.z] for p in mesh.points])
+    assert mesh.type == Marker.TRIANGLE_LIST and len(pts) == 3 * len(faces["mug"])
+    np.testing.assert_array_equal(pts, inst.vertices_cam[faces["mug"].reshape(-1)])
+
+
+def test_fast_points_equal_constructed_points_and_serialise_alike(monkeypatch):
+    from geometry_msgs.msg import Point
+    from rclpy.serialization import serialize_message
+
+    assert markers._FAST_POINTS, "Point's generated layout changed: the fast path is off (slower markers)"
+    arr = np.random.default_rng(0).normal(size=(50, 3))
+    fast = markers._points(arr)
+    assert fast == [Point(x=x, y=y, z=z) for x, y, z in arr.tolist()]
+    assert all(type(p.x) is float for p in fast) and repr(fast[0]).startswith("geometry_msgs.msg.Point(")
+    inst = _instance(2)
+    faces = {"mug": np.array([[0, 1, 2], [2, 3, 4], [5, 6, 7]])}
+    a = serialize_message(build_marker_array(Header(frame_id="c"), [inst], faces))
+    monkeypatch.setattr(markers, "_FAST_POINTS", False)
+    b = serialize_message(build_marker_array(Header(frame_id="c"), [inst], faces))
+    assert a == b

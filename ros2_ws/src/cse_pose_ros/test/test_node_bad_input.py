@@ -293,7 +293,8 @@ def inproc_node(tmp_path, monkeypatch):
 
     write_oracle_model(tmp_path / "mug.onnx", "mug", crop_size=128, grid_size=32)
     real_load = node_module.load_model
-    monkeypatch.setattr(node_module, "load_model", lambda path, backend: _Flaky(real_load(path, backend)))
+    monkeypatch.setattr(node_module, "load_model",
+                        lambda path, backend, **kw: _Flaky(real_load(path, backend, **kw)))
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID)
     node = node_module.PoseNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=str(tmp_path))])
@@ -355,3 +356,36 @@ def test_icp_refinement_keeps_an_exact_pose_exact(inproc_node, monkeypatch):
     p0, p1 = (np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z]) for m in published)
     assert np.linalg.norm(p0 - t) < 0.005 and np.linalg.norm(p1 - t) < 0.005
     assert node.stats.latency_p50_ms()["refine"] > 0.0
+
+
+def test_threads_reach_the_session_and_the_mesh_marker_is_decimated(tmp_path, monkeypatch):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+    from visualization_msgs.msg import Marker
+
+    from cse_pose_ros.node import PoseNode
+
+    write_oracle_model(tmp_path / "mug.onnx", "mug", crop_size=128, grid_size=32)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
+    node = PoseNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=str(tmp_path)),
+                                                      Parameter("intra_op_threads", value=2)])
+    try:
+        model = node._models["mug"]
+        assert model._session.get_session_options().intra_op_num_threads == 2
+        full = np.asarray(model.info.faces)
+        published = []
+        monkeypatch.setattr(node._pub_markers, "get_subscription_count", lambda: 1)
+        monkeypatch.setattr(node._pub_markers, "publish", published.append)
+        msgs = frame_messages(*_render(6), K, 13.0, FRAME_ID)
+        node._on_frame(*msgs)
+        assert node.set_parameters([Parameter("mesh_marker_max_faces", value=10)])[0].successful
+        node._on_frame(*msgs)
+        meshes = [[m for m in arr.markers if m.type == Marker.TRIANGLE_LIST] for arr in published]
+        assert [len(m) for m in meshes] == [1, 1]
+        assert len(meshes[0][0].points) == 3 * len(full)  # the oracle box (12 triangles) is under 300
+        assert 0 < len(meshes[1][0].points) <= 30 and len(meshes[1][0].points) % 3 == 0
+        assert node.stats.poses_published == 2
+    finally:
+        node.destroy_node()
+        ctx.try_shutdown()

@@ -119,6 +119,31 @@ def test_declared_descriptors_carry_ranges_and_ros_enforces_them(rcl_context):
         node.destroy_node()
 
 
+def test_performance_parameters_declared_with_ranges(rcl_context):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    node = Node("param_probe_perf", context=rcl_context,
+                parameter_overrides=[Parameter("intra_op_threads", value=2)])
+    try:
+        params = declare_parameters(node)
+        assert params.intra_op_threads == 2 and params.mesh_marker_max_faces == 300
+        threads = node.describe_parameter("intra_op_threads")
+        assert threads.read_only and threads.description
+        assert (threads.integer_range[0].from_value, threads.integer_range[0].to_value) == (0, 256)
+        faces = node.describe_parameter("mesh_marker_max_faces")
+        assert not faces.read_only and faces.integer_range[0].from_value == 0
+        results = node.set_parameters([Parameter("mesh_marker_max_faces", value=-1),
+                                       Parameter("mesh_marker_max_faces", value=0),
+                                       Parameter("intra_op_threads", value=1)])
+        assert [r.successful for r in results] == [False, True, False]  # range; ok; read-only
+        assert node.get_parameter("mesh_marker_max_faces").value == 0
+    finally:
+        node.destroy_node()
+    assert NodeParams.defaults().intra_op_threads == 1  # measured fastest for 5 objects on 2 cores
+    assert any("intra_op_threads" in e for e in validate(NodeParams.defaults().replace({"intra_op_threads": -1})))
+
+
 def test_declare_rejects_invalid_start_values(rcl_context):
     from rclpy.node import Node
     from rclpy.parameter import Parameter

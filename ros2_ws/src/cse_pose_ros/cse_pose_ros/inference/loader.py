@@ -51,6 +51,7 @@ def load_model(
     device_id: int = 0,
     *,
     intra_op_threads: int = 0,
+    allow_spinning: bool = False,
     fp16: bool = True,
     max_batch: int = 8,
     io_binding: bool | None = None,
@@ -65,6 +66,7 @@ def load_model(
             ``tensorrt``, ``cuda``, ``cpu`` or ``torch``.
         device_id: GPU index for the GPU backends.
         intra_op_threads: onnxruntime CPU threads per operator (0 = default).
+        allow_spinning: onnxruntime's idle pool threads busy-wait (see ``OnnxOptions``).
         fp16, max_batch, trt_cache_dir: TensorRT engine precision, profile batch and cache root.
         io_binding: reuse pre-allocated output buffers via IOBinding (default: off, see ``OnnxOptions``).
         warmup: run once on zeros so engine builds and shape errors happen at load, not on the first frame.
@@ -75,6 +77,7 @@ def load_model(
         raise ModelError(path, f"unknown backend {backend!r}; choose one of {BACKENDS}")
     options = OnnxOptions(
         intra_op_threads=intra_op_threads,
+        allow_spinning=allow_spinning,
         fp16=fp16,
         max_batch=max_batch,
         io_binding=io_binding,
