@@ -420,7 +420,8 @@ class EvalReport:
         summary: ``core.metrics.summarize`` output (fractions in [0, 1], medians, ``frames``) plus
             ``failures`` (frames without a pose) and ``ms_per_frame``.
         reasons: failure reason -> count.
-        frames: per frame ``{"name", "iou", "rotation_deg", "translation_cm", "trusted", "reason"}``.
+        frames: per frame ``{"name", "iou", "rotation_deg", "translation_cm", "trusted", "reason", "quality"}``
+            (``quality`` = the pose's fit quality when a pose was produced).
     """
 
     mode: str
@@ -517,6 +518,8 @@ def evaluate(
         except PoseError as exc:
             reason = exc.reason
         record: dict[str, Any] = {"name": frame.name, "trusted": bool(trusted), "reason": reason}
+        if pose is not None:
+            record["quality"] = float(pose.quality)
         err = None
         if pose is not None:
             try:
