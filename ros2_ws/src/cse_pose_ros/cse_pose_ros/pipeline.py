@@ -77,7 +77,7 @@ class PipelineParams:
     ransac_max_hypotheses: int = 1000
     min_correspondences: int = 30
     min_inliers: int = 20
-    min_quality: float = 0.3
+    min_quality: float = 0.15
     seed: int | None = 0
     depth_sampling: str = "aligned"
 

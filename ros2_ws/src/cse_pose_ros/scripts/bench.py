@@ -5,8 +5,8 @@ One run, the same 640x480 frames (1 and 5 objects) for every method, methods int
 that load from other processes hits them alike:
 
 * **ours**, once per available backend (``ort-cpu``: onnxruntime CPU as the node runs it by default,
-  i.e. ``intra_op_threads`` = 1; ``ort-cpu-mt``: one intra-op thread per core, idle threads not
-  spinning; TorchScript CPU; CUDA EP, TensorRT FP16 and TorchScript CUDA when present; on request
+  i.e. ``intra_op_threads`` = 0, one intra-op thread per core, idle threads not spinning; ``ort-cpu-1t``:
+  one intra-op thread; TorchScript CPU; CUDA EP, TensorRT FP16 and TorchScript CUDA when present; on request
   ``ort-cpu-2t`` / ``ort-cpu-2t-nospin``: 2 threads with onnxruntime's spinning pool / without):
   the node's frame path without DDS input: ``sensor_msgs`` messages -> decode (``image_to_numpy``,
   ``decode_depth``, instance ids) -> :class:`~cse_pose_ros.pipeline.PosePipeline` (crop, model,
@@ -38,7 +38,7 @@ Times are milliseconds of wall clock per frame; e2e is the whole frame (decode t
 not sum to it exactly. BLAS is limited to one thread as in the node (``node.limit_blas_threads``); torch
 (TorchScript backend and the peer) runs with ``--torch-threads`` (default 1: its 2-thread OpenMP pool was
 10x slower on this busy 2-core machine); onnxruntime runs with the node's ``intra_op_threads`` (row
-``ort-cpu``) and with one thread per core (row ``ort-cpu-mt``). Python's cyclic GC is frozen after
+``ort-cpu``) and with one thread (row ``ort-cpu-1t``). Python's cyclic GC is frozen after
 set-up (``--no-gc-freeze``): the bench process holds torch and the peer, which the node does not, and full
 GC passes over them would add pauses to our frames that the node does not have.
 """
@@ -74,7 +74,7 @@ TARGET_GROWTH_MIB = 5.0
 #: idle pool threads spin); None = the node's default (parameter ``intra_op_threads``, ``OnnxOptions``).
 BACKENDS: dict[str, tuple[str, int | None, bool | None]] = {
     "ort-cpu": ("cpu", None, None),
-    "ort-cpu-mt": ("cpu", 0, None),
+    "ort-cpu-1t": ("cpu", 1, None),
     "ort-cpu-2t": ("cpu", 2, True),
     "ort-cpu-2t-nospin": ("cpu", 2, False),
     "torch": ("torch", None, None),
@@ -82,7 +82,7 @@ BACKENDS: dict[str, tuple[str, int | None, bool | None]] = {
     "ort-trt": ("tensorrt", None, None),
 }
 #: Rows of ``--backends auto`` (those available); the others on request.
-AUTO_BACKENDS: tuple[str, ...] = ("ort-cpu", "ort-cpu-mt", "torch", "ort-cuda", "ort-trt")
+AUTO_BACKENDS: tuple[str, ...] = ("ort-cpu", "ort-cpu-1t", "torch", "ort-cuda", "ort-trt")
 GPU_BACKENDS = ("ort-cuda", "ort-trt")
 WIDTH, HEIGHT, F_PX = 640, 480, 600.0
 #: Object size of the rendered boxes: this factor times the oracle's canonical extents (1.4, 2.0, 1.2).
