@@ -24,10 +24,10 @@ demo: $(VENV)/.stamp  ## synthetic camera + pose node over DDS; per-frame errors
 
 CATEGORY ?= mug
 STEPS ?= 1000
-train: $(VENV)/.stamp  ## CATEGORY=<category> [STEPS=1000]: the shipped models' recipe on CPU -> out/<category>/export/<category>.onnx (~15 min)
+train: $(VENV)/.stamp  ## CATEGORY=<category> [STEPS=1000]: the shipped models' recipe on CPU -> out/<category>/export/<category>.onnx (~11 min)
 	bash scripts/train_category.sh $(CATEGORY) $(STEPS)
 
-eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out synthetic test split + baselines (a)(b)(c); tables in out/eval (EVAL_ARGS=...)
+eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out synthetic test split + baselines (a)(b)(c); tables in out/eval, ~7 min (EVAL_ARGS=...)
 	$(PY) -m cse_train eval-models --no-progress $(EVAL_ARGS)
 
 bench: $(VENV)/.stamp  ## per-stage latency: node pipeline (onnxruntime/torch) vs the reference-equivalent peer; memory over 10,000 frames (BENCH_ARGS=...)

@@ -4,7 +4,7 @@
 # 1. the synthetic train split: 48 videos x 20-30 frames, 320x240, seed 1 (~40 s);
 # 2. synthetic-GT pre-training of the `small` config, 8 images a step (2 videos x 4 frames), AdamW 5e-4
 #    OneCycle, seed 0; texture, rotation-cycle, cross-time cycle, symmetry and Laplacian losses off to fit a
-#    2-core CPU (~13 min for 1,000 steps there); the checkpoint goes to <out>/pretrain/last.pt;
+#    2-core CPU (~11 min for 1,000 steps there); the checkpoint goes to <out>/pretrain/last.pt;
 # 3. export: <out>/export/<category>.onnx, verified against torch, weights stored as float16.
 # Copy the ONNX into models/ yourself after `make eval` says it is better than what ships.
 set -euo pipefail
