@@ -340,9 +340,9 @@ class OnnxPoseHead:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from .export import POSE_HEAD_NAMES, _ort_session, read_onnx_metadata
+        from .export import POSE_HEAD_NAMES, ort_cpu_session, read_onnx_metadata
 
-        self.session = _ort_session(path)
+        self.session = ort_cpu_session(path)
         names = {o.name for o in self.session.get_outputs()}
         if not set(POSE_HEAD_NAMES) <= names:
             raise ValueError(f"{path} has no pose-head outputs {POSE_HEAD_NAMES}; re-export it with cse_train export")

@@ -39,6 +39,7 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "example_inputs",
+    "ort_cpu_session",
     "read_onnx_metadata",
     "read_torchscript_metadata",
     "store_weights_fp16",
@@ -118,7 +119,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _ort_session(path: str | Path, threads: int | None = None):  # noqa: ANN202 (onnxruntime type)
+def ort_cpu_session(path: str | Path, threads: int | None = None):  # noqa: ANN202 (onnxruntime type)
+    """An onnxruntime CPU session of ``path`` (``threads`` intra-op threads; None = onnxruntime's default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -133,7 +135,7 @@ def verify_onnx(model: CSENet, path: str | Path, rgb: torch.Tensor, mask: torch.
     rgb [B,3,S,S], mask [B,1,G,G] -> {"vertices": d, "match": d, "confidence": d} (+ the pose-head outputs
     when the file has them).
     """
-    sess = _ort_session(path)
+    sess = ort_cpu_session(path)
     names = [o.name for o in sess.get_outputs()]
     with _eval_mode(model), torch.no_grad():
         ref = ExportWrapper(model, pose_head=set(POSE_HEAD_NAMES) <= set(names)).eval()(rgb, mask)
@@ -184,7 +186,7 @@ def _confidence_cells_off(model: CSENet, path: Path, rgb: torch.Tensor, mask: to
     """Fraction of confidence cells where onnxruntime and torch differ by more than ``tol``."""
     with _eval_mode(model), torch.no_grad():
         ref = ExportWrapper(model).eval()(rgb, mask)[2].cpu().numpy()
-    got = _ort_session(path).run(["confidence"], {"rgb": rgb.cpu().numpy(), "mask": mask.cpu().numpy()})[0]
+    got = ort_cpu_session(path).run(["confidence"], {"rgb": rgb.cpu().numpy(), "mask": mask.cpu().numpy()})[0]
     return float(np.mean(np.abs(got - ref) > tol))
 
 
@@ -261,7 +263,7 @@ def benchmark_onnx_cpu(
     path: str | Path, batch: int = 1, runs: int = 20, warmup: int = 3, threads: int | None = None, seed: int = 0
 ) -> dict[str, float]:
     """CPU latency of one onnxruntime call on random inputs: median/min/max in ms over ``runs`` calls."""
-    sess = _ort_session(path, threads)
+    sess = ort_cpu_session(path, threads)
     meta = read_onnx_metadata(path)
     s, g = int(meta["crop_size"]), int(meta["grid_size"])
     rng = np.random.default_rng(seed)

@@ -115,14 +115,14 @@ def evaluate_shipped(
           f"split: {json.dumps(spec or TEST_SPLIT)}"]
     # Every split first: the generator forks worker processes, which must not happen after onnxruntime and
     # torch have started their thread pools in this process (a forked child can inherit a held lock).
+    metas = {path: read_onnx_metadata(path) for path in paths}
     splits, t_gen = {}, {}
     for path in paths:
-        category = read_onnx_metadata(path)["category"]
         t0 = time.perf_counter()
-        splits[path] = ensure_test_split(data_root, category, spec, workers)
+        splits[path] = ensure_test_split(data_root, metas[path]["category"], spec, workers)
         t_gen[path] = time.perf_counter() - t0
     for path in paths:
-        meta = read_onnx_metadata(path)
+        meta = metas[path]
         category = meta["category"]
         t0 = time.perf_counter()
         reports = run_evaluation(path, splits[path], category=category, baselines=list(baselines),

@@ -242,5 +242,5 @@ def test_store_weights_fp16_halves_the_file_and_rounds_only_the_weights(exported
     # differences are those of rounding the weights (relative 2^-11), far below the full-precision outputs' scale
     diffs = verify_onnx(model, half, rgb, mask)
     assert 0.0 < diffs["vertices"] < 1e-2 and diffs["match"] < 5e-2, diffs
-    # a tiny min_elements converts everything float; a huge one converts nothing
+    # a threshold above every tensor's size converts nothing
     assert store_weights_fp16(onnx_path, tmp_path / "none.onnx", min_elements=10**9)["converted"] == 0

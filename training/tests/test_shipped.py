@@ -111,7 +111,7 @@ def test_evaluate_shipped_writes_tables_and_reuses_the_split(tmp_path: Path, cap
         evaluate_shipped(tmp_path / "nothing", tmp_path / "data", tmp_path / "out2", spec=spec)
 
 
-def test_markdown_table_rows_follow_the_labels(tmp_path: Path):
+def test_markdown_table_rows_follow_the_labels():
     from cse_train.evaluate import EvalReport
 
     summary = {"IoU25": 1.0, "IoU50": 0.5, "5deg2cm": 0.1, "5deg5cm": 0.2, "10deg2cm": 0.3, "10deg5cm": 0.4,
