@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose_ros/setup.py training/pyproject.toml
+SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose/setup.py ros2_ws/src/cse_pose_ros/setup.py \
+	training/pyproject.toml tools/pyproject.toml
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -13,8 +14,8 @@ $(VENV)/.stamp: $(SETUP_INPUTS)
 
 setup: $(VENV)/.stamp  ## create .venv with ROS 2 wheels, torch CPU, onnxruntime, open3d (idempotent)
 
-test: $(VENV)/.stamp  ## the whole pytest suite (ROS-free core, training, node over real DDS)
-	$(PY) -m pytest -q ros2_ws/src/cse_pose_ros/test training/tests
+test: $(VENV)/.stamp  ## the whole pytest suite (ROS-free runtime, node over real DDS, training, dev tools)
+	$(PY) -m pytest -q ros2_ws/src/cse_pose/test ros2_ws/src/cse_pose_ros/test training/tests tools/tests
 
 lint: $(VENV)/.stamp  ## ruff
 	$(VENV)/bin/ruff check .
@@ -31,13 +32,13 @@ eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out synthetic test spli
 	$(PY) -m cse_train eval-models --no-progress $(EVAL_ARGS)
 
 bench: $(VENV)/.stamp  ## per-stage latency: node pipeline (onnxruntime/torch) vs the reference-equivalent peer; memory over 10,000 frames (BENCH_ARGS=...)
-	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench.py $(BENCH_ARGS)
+	$(PY) -m cse_pose_dev.bench $(BENCH_ARGS)
 
 bench-gpu: $(VENV)/.stamp  ## the same table on an NVIDIA GPU (installs onnxruntime-gpu + TensorRT into .venv if missing)
 	bash scripts/bench_gpu.sh $(BENCH_ARGS)
 
 bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d RANSAC
-	$(PY) ros2_ws/src/cse_pose_ros/scripts/bench_solver.py
+	$(PY) -m cse_pose_dev.bench_solver
 
 train-smoke: $(VENV)/.stamp  ## tiny synthetic set -> 250 CPU steps (small) -> export -> ONNX check -> eval (~5 min)
 	$(PY) -m cse_train smoke --out out/smoke

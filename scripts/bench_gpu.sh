@@ -93,4 +93,4 @@ if [[ " $PROVIDERS " != *" CUDAExecutionProvider "* ]]; then
 fi
 echo "bench_gpu: $GPUS GPU(s); onnxruntime providers: $PROVIDERS"
 cd "$ROOT"
-exec "$PY" ros2_ws/src/cse_pose_ros/scripts/bench.py --require-cuda --out-dir build/bench_gpu "${BENCH_ARGS[@]}"
+exec "$PY" -m cse_pose_dev.bench --require-cuda --out-dir build/bench_gpu "${BENCH_ARGS[@]}"

@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
 export PYTHONDONTWRITEBYTECODE=1
-exec "$PY" -m cse_pose_ros.tools.demo "$@"
+exec "$PY" -m cse_pose_dev.demo "$@"

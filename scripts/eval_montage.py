@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cse_pose_ros.inference import load_model
-from cse_pose_ros.markers import draw_instances, draw_pose
-from cse_pose_ros.pipeline import PipelineParams, PosePipeline
+from cse_pose.display import draw_instances, draw_pose
+from cse_pose.inference import load_model
+from cse_pose.pipeline import PipelineParams, PosePipeline
 from cse_train.data.wild6d import Wild6DDataset
 from cse_train.evaluate import wild6d_frames
 

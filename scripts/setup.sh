@@ -29,6 +29,6 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -r requirements.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-.venv/bin/python -m pip install -q --no-deps -e ros2_ws/src/cse_pose_ros -e training 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-.venv/bin/python -c "import rclpy, numpy, torch, onnxruntime, cse_pose_ros.core, cse_train; print('[setup] ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
+.venv/bin/python -m pip install -q --no-deps -e ros2_ws/src/cse_pose -e ros2_ws/src/cse_pose_ros -e training -e tools 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+.venv/bin/python -c "import rclpy, numpy, torch, onnxruntime, cse_pose.core, cse_pose_ros, cse_train, cse_pose_dev; print('[setup] ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 touch .venv/.stamp

@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _pipeline_params(args: argparse.Namespace):  # noqa: ANN202
-    from cse_pose_ros.pipeline import PipelineParams
+    from cse_pose.pipeline import PipelineParams
 
     kwargs = {}
     if args.enlarge is not None:
@@ -124,7 +124,7 @@ def check_onnx_runs(onnx_path: str | Path) -> dict[str, tuple[int, ...]]:
     Returns:
         output name -> shape. Raises ``AssertionError`` on a shape or finiteness violation.
     """
-    from cse_pose_ros.inference import load_model
+    from cse_pose.inference import load_model
 
     backend = load_model(onnx_path, "cpu")
     info = backend.info

@@ -1,7 +1,7 @@
 """Evaluation of a trained model on a test split through the node's own code path (DESIGN §7).
 
-Per frame the full-frame :class:`cse_pose_ros.pipeline.PosePipeline` runs exactly as in the node: reference
-crop (``core.crop``) -> model (ONNX / TorchScript via ``cse_pose_ros.inference.load_model``, or a torch
+Per frame the full-frame :class:`cse_pose.pipeline.PosePipeline` runs exactly as in the node: reference
+crop (``core.crop``) -> model (ONNX / TorchScript via ``cse_pose.inference.load_model``, or a torch
 checkpoint through :class:`CheckpointBackend`, the same graph as the export) -> confidence selection
 (``core.correspondence``) -> RANSAC-Umeyama (``core.solver``) -> published pose (``core.pose``). The pose is
 compared with the ground truth by ``core.metrics.evaluate_pose`` (y-symmetric categories by
@@ -43,16 +43,16 @@ import cv2
 import numpy as np
 import torch
 
-from cse_pose_ros.core import priors
-from cse_pose_ros.core.camera import backproject
-from cse_pose_ros.core.crop import crop_box_from_mask, crop_image, crop_intrinsics, crop_to_image, downsample_mask
-from cse_pose_ros.core.errors import InvalidDepthError, PoseError
-from cse_pose_ros.core.metrics import METRIC_NAMES, evaluate_pose, summarize
-from cse_pose_ros.core.pose import ObjectPose, pose_from_similarity
-from cse_pose_ros.core.solver import SolverResult
-from cse_pose_ros.inference.backend import ModelOutputs, check_inputs, empty_outputs
-from cse_pose_ros.inference.model_info import CONTRACT, ModelInfo, parse_metadata
-from cse_pose_ros.pipeline import PipelineParams, PosePipeline
+from cse_pose.core.camera import backproject
+from cse_pose.core.crop import crop_box_from_mask, crop_image, crop_intrinsics, crop_to_image, downsample_mask
+from cse_pose.core.errors import InvalidDepthError, PoseError
+from cse_pose.core.metrics import METRIC_NAMES, evaluate_pose, summarize
+from cse_pose.core.pose import ObjectPose, pose_from_similarity
+from cse_pose.core.solver import SolverResult
+from cse_pose.inference.backend import ModelOutputs, check_inputs, empty_outputs
+from cse_pose.inference.model_info import CONTRACT, ModelInfo, parse_metadata
+from cse_pose.pipeline import PipelineParams, PosePipeline
+from cse_train import shapes as priors
 
 from .model import CSENet, ExportWrapper, load_checkpoint
 
@@ -192,7 +192,7 @@ def real275_frames(dataset: Any) -> Iterator[EvalFrame]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Backends (the InferenceBackend interface of cse_pose_ros.inference)
+# Backends (the InferenceBackend interface of cse_pose.inference)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -369,7 +369,7 @@ def pose_head_pose(head: TorchPoseHead | OnnxPoseHead, frame: EvalFrame, params:
     Raises:
         PoseError: empty mask / no valid depth.
     """
-    from cse_pose_ros.core.crop import intrinsics_to_ndc
+    from cse_pose.core.crop import intrinsics_to_ndc
 
     from .data.raster import RasterMesh, rasterize
 
@@ -564,11 +564,11 @@ def format_table(reports: Sequence[EvalReport]) -> str:
 def load_eval_model(path: str | Path, backend: str = "cpu") -> tuple[Any, CSENet | None]:
     """A model file -> (runtime backend, torch model or None).
 
-    ``.onnx``: ``cse_pose_ros.inference.load_model(path, backend)`` (the node's loader); a torch checkpoint
+    ``.onnx``: ``cse_pose.inference.load_model(path, backend)`` (the node's loader); a torch checkpoint
     (:func:`cse_train.model.save_checkpoint`): :class:`CheckpointBackend` + the model; any other file is
     tried as TorchScript through ``load_model(path, 'torch')``.
     """
-    from cse_pose_ros.inference import load_model
+    from cse_pose.inference import load_model
 
     path = Path(path)
     if path.suffix == ".onnx":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cse_pose_ros.core.errors import UnknownCategoryError
+from cse_pose.core.errors import UnknownCategoryError
 
 __all__ = [
     "SYMMETRY_TYPES",
@@ -54,7 +54,7 @@ _MASK_FILL = -1e5  # logit given to masked-out cells (reference value)
 
 # Training-time symmetry type per category (brief §3.6 `symmetry_idx`): 'y' = rotations about the y axis,
 # 'mirror_x' = {I, diag(-1, 1, 1)}, None = identity only. `can` is not in the reference; it is y-symmetric
-# like bottle. (The evaluation-time symmetry in cse_pose_ros.core.priors.SYMMETRY is 'y' or None only.)
+# like bottle. (The evaluation-time symmetry in cse_pose.core.priors.SYMMETRY is 'y' or None only.)
 SYMMETRY_TYPES: dict[str, str | None] = {
     "bottle": "y",
     "bowl": "y",

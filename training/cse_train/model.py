@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cse_pose_ros.inference.model_info import CONTRACT
+from cse_pose.inference.model_info import CONTRACT
 
 from .config import ROTATION_OFFSETS, ModelConfig, config_from_dict
 
@@ -644,7 +644,7 @@ class CSENet(nn.Module):
     def from_category(
         cls, category: str, cfg: ModelConfig, *, backbone_weights: str | Path | None = None
     ) -> CSENet:
-        """Build the model for ``category`` from ``cse_pose_ros.core.priors`` (prior mesh, symmetry,
+        """Build the model for ``category`` from ``cse_train.shapes`` (prior mesh, symmetry,
         base rotation of the procedural prior).
 
         The reference pose-head offsets (:data:`cse_train.config.ROTATION_OFFSETS`) are defined in the
@@ -655,7 +655,7 @@ class CSENet(nn.Module):
 
         ``backbone_weights``: optional torchvision-style ResNet-18 state-dict file; from scratch otherwise.
         """
-        from cse_pose_ros.core import priors  # lazy: the core is numpy-only and optional here
+        from . import shapes as priors
 
         mesh = priors.prior_mesh(category)
         offsets = ROTATION_OFFSETS.get(category)

@@ -27,7 +27,7 @@ Conventions of this module's API: column vectors, ``p_cam = s * R @ p_can + t``;
 rotations are converted where they are used (``R_row = R.T``). Images (H, W), pixels (u = column,
 v = row), depth in millimetres inside the peer (as the reference), results in metres.
 
-Our numpy core (``cse_pose_ros.core``) implements the same crop, selection and lifting conventions; the
+Our numpy core (``cse_pose.core``) implements the same crop, selection and lifting conventions; the
 tests check the two agree. Only the inefficiencies that make the reference slow are kept on purpose.
 """
 

@@ -4,8 +4,8 @@ For each ``<models>/<category>.onnx`` (sorted): the test split of that category 
 ``<data>/<category>`` (:data:`TEST_SPLIT`: shape parameters and textures of the ``test`` bands, never seen
 in training; tabletop clutter and occlusion; 640x480) unless a matching one is there (``split.json``
 records the generation arguments), then :func:`cse_train.evaluate.run_evaluation` runs the node's code path
-(core crop -> ONNX through ``cse_pose_ros.inference.load_model`` -> core selection -> RANSAC-Umeyama -> pose,
-default :class:`~cse_pose_ros.pipeline.PipelineParams`) and the baselines (a) ``pose_head`` (the ONNX file's
+(core crop -> ONNX through ``cse_pose.inference.load_model`` -> core selection -> RANSAC-Umeyama -> pose,
+default :class:`~cse_pose.pipeline.PipelineParams`) and the baselines (a) ``pose_head`` (the ONNX file's
 pose-regressor outputs), (b) ``umeyama_all`` and (c) ``gt_correspondences``. Per category the plain table
 is printed and ``<out>/<category>.json`` written; at the end ``<out>/summary.md`` holds one markdown table per
 category (the model cards' accuracy tables) and the target check of the models issue.

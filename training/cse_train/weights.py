@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from cse_pose_ros.core.errors import UnknownCategoryError
+from cse_pose.core.errors import UnknownCategoryError
 
 __all__ = [
     "CATEGORIES",

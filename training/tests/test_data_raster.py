@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from cse_pose_ros.core.priors import build_shape
 from cse_train.data.raster import RasterMesh, rasterize
+from cse_train.shapes import build_shape
 
 K = np.array([[150.0, 0.0, 79.5], [0.0, 140.0, 59.5], [0.0, 0.0, 1.0]])
 W, H = 160, 120
@@ -108,7 +108,7 @@ _O3D_SCRIPT = r"""
 import os, sys, numpy as np
 os.environ["OPEN3D_CPU_RENDERING"] = "true"
 import open3d as o3d
-from cse_pose_ros.core.priors import build_shape
+from cse_train.shapes import build_shape
 from cse_train.data.raster import RasterMesh, rasterize
 W, H = 160, 120
 K = np.array([[150.0, 0, 79.5], [0, 140.0, 59.5], [0, 0, 1]])

@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cse_pose_ros.core.camera import backproject, project
-from cse_pose_ros.core.priors import CATEGORIES, SHAPE_PARAM_RANGES
+from cse_pose.core.camera import backproject, project
+from cse_pose.core.categories import CATEGORIES
 from cse_train.data import synthetic as syn
 from cse_train.data import wild6d_format as fmt
+from cse_train.shapes import SHAPE_PARAM_RANGES
 
 W, H = 160, 120
 

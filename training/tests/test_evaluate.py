@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cse_pose_ros.pipeline import PipelineParams
+from cse_pose.pipeline import PipelineParams
 from cse_train.__main__ import export_model, main
 from cse_train.config import get_config
 from cse_train.data.synthetic import generate

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from cse_pose_ros.inference.model_info import REQUIRED_KEYS
+from cse_pose.inference.model_info import REQUIRED_KEYS
 from cse_train.config import get_config
 from cse_train.export import (
     INPUT_NAMES,
@@ -233,7 +233,7 @@ def test_store_weights_fp16_halves_the_file_and_rounds_only_the_weights(exported
     kinds = {i.data_type for i in proto.graph.initializer if np.prod(i.dims) >= 1024}
     assert kinds == {onnx.TensorProto.FLOAT16}
     # the graph's interface is unchanged (float32 in and out) and the node's loader accepts the file
-    from cse_pose_ros.inference import load_model
+    from cse_pose.inference import load_model
 
     runtime = load_model(half, "cpu")
     rgb, mask = disc_crops(2, 128, 32, seed=9)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cse_pose_ros.core.errors import UnknownCategoryError
+from cse_pose.core.errors import UnknownCategoryError
 from cse_train import losses as L
 from cse_train import weights as W
 from cse_train.config import ROTATION_OFFSETS

@@ -4,8 +4,6 @@ head, backbone-weight loading and checkpoints."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -412,12 +410,8 @@ def test_checkpoint_roundtrip(tmp_path):
         load_checkpoint(not_ckpt)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("cse_pose_ros.core.priors") is None,
-    reason="cse_pose_ros.core.priors not written yet",
-)
 def test_from_category_uses_the_prior_mesh():
-    from cse_pose_ros.core import priors
+    from cse_train import shapes as priors
 
     mesh = priors.prior_mesh("mug")
     model = CSENet.from_category("mug", get_config("small"))

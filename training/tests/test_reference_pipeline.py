@@ -1,6 +1,6 @@
 """The reference-equivalent peer of ``make bench`` (cse_train.reference_pipeline): its Umeyama and RANSAC
 (brief §2.7), crop (§2.1), selection and lifting (§2.4-2.6) against our numpy core, and the whole pipeline
-with the oracle correspondences of ``cse_pose_ros.testing``."""
+with the oracle correspondences of ``cse_pose_dev.oracle``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cse_pose_ros.core import crop as core_crop
-from cse_pose_ros.core.correspondence import select_correspondences
-from cse_pose_ros.core.metrics import rotation_error_deg
+from cse_pose.core import crop as core_crop
+from cse_pose.core.correspondence import select_correspondences
+from cse_pose.core.metrics import rotation_error_deg
+from cse_pose.core.rotation import random_rotation
 from cse_train.config import get_config
 from cse_train.model import CSENet
 from cse_train.reference_pipeline import (
@@ -27,18 +28,10 @@ from cse_train.reference_pipeline import (
 torch.set_num_threads(1)
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 def _exact_problem(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float, np.ndarray, np.ndarray]:
     """Canonical points in the unit cube and their exact images in millimetres (60 mm/unit, 0.6 m away)."""
     rng = np.random.default_rng(seed)
-    R = _random_rotation(rng)
+    R = random_rotation(rng)
     s, t = 60.0, np.array([30.0, -20.0, 600.0])
     src = rng.uniform(-1.0, 1.0, (n, 3))
     dst = s * src @ R.T + t
@@ -89,7 +82,7 @@ def test_ransac_raises_on_an_empty_selection():
 def test_reference_box_is_the_published_box():
     rng = np.random.default_rng(2)
     verts = rng.uniform(-1.0, 1.0, (100, 3)) * [0.5, 1.0, 0.7]
-    R, t = _random_rotation(rng), np.array([0.1, 0.0, 0.7])
+    R, t = random_rotation(rng), np.array([0.1, 0.0, 0.7])
     B = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
     bbox, R_pub, t_box, size = reference_box(verts, 0.05, R, t, B)
     v_pub = verts @ B.T
@@ -156,7 +149,7 @@ def test_reference_selection_and_lifting_equal_the_core():
 def oracle_hook(tmp_path_factory):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from cse_pose_ros.testing import write_oracle_model
+    from cse_pose_dev.oracle import write_oracle_model
 
     path = write_oracle_model(tmp_path_factory.mktemp("oracle") / "mug.onnx", crop_size=64, grid_size=16)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -169,8 +162,8 @@ def oracle_hook(tmp_path_factory):
 
 
 def test_pipeline_with_oracle_correspondences_is_least_squares_and_near_the_truth(oracle_hook):
-    from cse_pose_ros.core.solver import umeyama
-    from cse_pose_ros.testing import DEFAULT_EXTENTS, default_intrinsics, render_oracle_frame
+    from cse_pose.core.solver import umeyama
+    from cse_pose_dev.oracle import DEFAULT_EXTENTS, default_intrinsics, render_oracle_frame
 
     torch.manual_seed(0)
     cfg = get_config("small", crop_size=64, grid_size=16, resnet_widths=(8, 16, 32, 64))
@@ -179,7 +172,7 @@ def test_pipeline_with_oracle_correspondences_is_least_squares_and_near_the_trut
     rng = np.random.default_rng(2)
     k = 0.06
     size = k * np.asarray(DEFAULT_EXTENTS)
-    objects = [(_random_rotation(rng), np.array([x, 0.0, 0.6]), size) for x in (-0.1, 0.1)]
+    objects = [(random_rotation(rng), np.array([x, 0.0, 0.6]), size) for x in (-0.1, 0.1)]
     rgb, depth_m, ids = render_oracle_frame(*objects[0], K, 320, 240, extra_objects=objects[1:])
     depth_mm = np.round(depth_m * 1000).astype(np.uint16)
     result = pipeline.process(rgb, depth_mm, ids, [1, 2, 7], K)

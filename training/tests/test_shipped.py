@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from cse_pose_ros.core import priors
-from cse_pose_ros.inference import load_model
+from cse_pose.inference import load_model
+from cse_train import shapes as priors
 from cse_train.__main__ import export_model
 from cse_train.config import get_config
 from cse_train.data.synthetic import render_frame, sample_scene

@@ -1,4 +1,4 @@
-"""ament_python package: cse_pose_ros (core geometry, inference backends, ROS 2 node)."""
+"""ament_python package: cse_pose_ros, the ROS 2 node over the ROS-free runtime ``cse_pose``."""
 
 from glob import glob
 
@@ -17,7 +17,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
     ],
-    install_requires=["setuptools", "numpy"],
+    install_requires=["setuptools", "numpy", "cse_pose"],
     zip_safe=True,
     maintainer="cse_pose maintainers",
     maintainer_email="cse-pose@example.com",

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cse_pose_ros.core.crop import CropBox, crop_image, crop_intrinsics, intrinsics_to_ndc
+from cse_pose.core.crop import CropBox, crop_image, crop_intrinsics, intrinsics_to_ndc
 
 __all__ = ["box_from_bbox", "draw_enlarge", "make_item"]
 

@@ -8,7 +8,7 @@ used by the losses lives in ``cse_train.render``.
 
 Conventions: camera frame = OpenCV optical frame (x right, y down, z forward); pixel (column j, row i)
 has its centre at image coordinates (u, v) = (j, i) with ``u = fx * X / Z + s * Y / Z + cx`` (the
-convention of ``cse_pose_ros.core.camera``). A pixel is covered by a triangle when its centre lies
+convention of ``cse_pose.core.camera``). A pixel is covered by a triangle when its centre lies
 inside the projected triangle (no anti-aliasing).
 
 Algorithm: triangles are clipped against the near plane ``z = near`` in camera space (one or two new

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cse_pose_ros.core.crop import crop_box_from_mask
+from cse_pose.core.crop import crop_box_from_mask
 
 from .common import box_from_bbox, draw_enlarge, make_item
 

@@ -37,7 +37,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cse_pose_ros.core.priors import CATEGORIES, SHAPE_PARAM_RANGES, Mesh, build_shape, check_category
+from cse_pose.core.categories import CATEGORIES, check_category
+from cse_train.shapes import SHAPE_PARAM_RANGES, Mesh, build_shape
 
 from . import wild6d_format as fmt
 from .raster import RasterMesh, rasterize

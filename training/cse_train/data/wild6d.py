@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cse_pose_ros.core.crop import crop_box_from_mask
-from cse_pose_ros.core.errors import EmptyMaskError
+from cse_pose.core.crop import crop_box_from_mask
+from cse_pose.core.errors import EmptyMaskError
 
 from . import wild6d_format as fmt
 from .common import draw_enlarge, make_item

@@ -24,7 +24,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .core.priors import CATEGORIES
+from cse_pose.core.categories import CATEGORIES
+
 from .launch_args import (
     LAUNCH_ARGUMENTS,
     NODE_NAME,
@@ -142,8 +143,9 @@ CAMERAS: dict[str, Camera] = {
               "topics (and /tf_static if you use TF): ros2 bag record <rgb> <depth> <camera_info>.",
     ),
     "synthetic": Camera(
-        "synthetic", "the synthetic RGB-D camera of `make demo` (cse_pose_ros.tools.synthetic_camera)",
-        "", "", "the training package cse_train (pip install --no-deps ./training)",
+        "synthetic", "the synthetic RGB-D camera of `make demo` (cse_pose_dev.synthetic_camera)",
+        "", "", "the development tools and training packages (make setup: cse_pose_dev, cse_train); "
+        "not in the robot image",
         arguments=(
             LaunchArgument("frames", "40", "Frames rendered at start-up, then replayed."),
             LaunchArgument("rate_hz", "10.0", "Publishing rate."),
@@ -383,7 +385,7 @@ def _synthetic_cmd(v: Mapping[str, str], category: str) -> tuple[str, ...]:
     params = {"category": category, "frames": str(int(v["frames"])), "rate_hz": str(float(v["rate_hz"])),
               "seed": str(int(v["seed"])), "split": v["split"], "loop": "true",
               "wait_for_ground_truth": "false"}
-    cmd = [sys.executable, "-m", "cse_pose_ros.tools.synthetic_camera", "--ros-args",
+    cmd = [sys.executable, "-m", "cse_pose_dev.synthetic_camera", "--ros-args",
            "-r", f"__ns:={SYNTHETIC_NAMESPACE}"]
     for name, value in params.items():
         cmd += ["-p", f"{name}:={value}"]

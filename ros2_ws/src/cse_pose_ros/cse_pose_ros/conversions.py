@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import InvalidInputError
+from cse_pose.core.errors import InvalidInputError
 
 
 class ConversionError(InvalidInputError):
@@ -247,10 +247,10 @@ def camera_info_to_K(msg: Any) -> tuple[np.ndarray, tuple[int, int]]:
 
     Raises:
         ConversionError: ``bad_camera_info`` (K missing, size 0, bad intrinsics). The original
-            :class:`~cse_pose_ros.core.errors.InvalidIntrinsicsError` is chained as ``__cause__``.
+            :class:`~cse_pose.core.errors.InvalidIntrinsicsError` is chained as ``__cause__``.
     """
-    from .core.camera import validate_intrinsics
-    from .core.errors import PoseError
+    from cse_pose.core.camera import validate_intrinsics
+    from cse_pose.core.errors import PoseError
 
     width, height = int(msg.width), int(msg.height)
     k = np.asarray(msg.k, dtype=np.float64).reshape(-1)

@@ -11,8 +11,9 @@ score), ``~/debug_image`` (optional), TF ``<frame_prefix><category>_<id>`` (wher
 ``~/detections`` (vision_msgs/Detection3DArray, where vision_msgs exists) and ``/diagnostics`` (~1 Hz:
 rate, per-stage p50 latency, frame counters, one counter per skip reason, model info).
 
-The frame callback stays thin: decode (views on the message buffers) -> :class:`PosePipeline` ->
-optional ICP refinement and temporal smoothing -> messages. Everything else (model loading, warm-up,
+The frame callback stays thin: decode (views on the message buffers) -> :class:`cse_pose.pipeline.PosePipeline`
+(which also does the optional ICP refinement and temporal smoothing) -> messages. The pipeline's Python
+``logging`` records reach /rosout through :mod:`cse_pose_ros.log_bridge`. Everything else (model loading, warm-up,
 publishers, constants) happens once at start-up. Bad input never raises out of the callback: each
 problem is a *reason*, counted in diagnostics and logged at most once per ``log_throttle_s`` per reason,
 and nothing is published for that frame (or instance). A missing or broken model leaves the node up,
@@ -21,9 +22,10 @@ serving nothing, with diagnostics at ERROR.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,23 +37,19 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
 
+from cse_pose.core.camera import decode_depth, scale_intrinsics
+from cse_pose.core.errors import PoseError
+from cse_pose.core.rotation import quaternion_from_matrix
+from cse_pose.display import DisplayMeshes, draw_instances, neutral_vertices
+from cse_pose.inference import ModelError, find_models, load_model
+from cse_pose.instances import instance_classes
+from cse_pose.pipeline import PipelineParams, PosePipeline
+
 from . import diagnostics as diag
 from .conversions import ConversionError, camera_info_to_K, image_to_numpy, numpy_to_image
-from .core.camera import backproject, decode_depth, scale_intrinsics
-from .core.errors import PoseError
-from .inference import ModelError, find_models, load_model
-from .markers import (
-    DisplayMeshes,
-    build_marker_array,
-    draw_instances,
-    matrix_from_quaternion,
-    pose_array,
-    pose_stamped,
-    quaternion_from_matrix,
-    tf_child_frame,
-)
+from .log_bridge import forward_python_logging
+from .markers import build_marker_array, pose_array, pose_stamped, tf_child_frame
 from .params import NodeParams, apply_changes, declare_parameters
-from .pipeline import PipelineParams, PosePipeline
 from .runner import run_node
 from .sync import make_subscriber, make_synchronizer
 
@@ -64,127 +62,6 @@ REASON_SIZE_MISMATCH = "size_mismatch"
 REASON_NO_VALID_DEPTH = "no_valid_depth"
 REASON_EMPTY_MASK = "empty_mask"
 REASON_INTERNAL = "internal_error"
-MIN_ICP_FITNESS = 0.5  # ICP corrections supported by fewer observed points than this fraction are ignored
-
-
-# ---------------------------------------------------------------------------------------------------
-# per-instance post-processing (ROS-free, unit-tested)
-# ---------------------------------------------------------------------------------------------------
-def slerp(q0: np.ndarray, q1: np.ndarray, w: float) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (x, y, z, w): ``w = 0`` -> q0, ``w = 1`` -> q1."""
-    q0, q1 = np.asarray(q0, np.float64), np.asarray(q1, np.float64)
-    dot = float(np.dot(q0, q1))
-    if dot < 0.0:  # q and -q are the same rotation: take the short way
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + w * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    return (np.sin((1.0 - w) * theta) * q0 + np.sin(w * theta) * q1) / np.sin(theta)
-
-
-class PoseSmoother:
-    """Exponential smoothing of each instance's pose over time (translation and rotation).
-
-    ``new = alpha * previous + (1 - alpha) * measured`` on the translation, and the slerp with the same
-    weight on the rotation; an instance unseen for more than ``timeout_s`` (message time) restarts.
-    """
-
-    def __init__(self) -> None:
-        self._tracks: dict[tuple[str, int], tuple[float, np.ndarray, np.ndarray]] = {}
-
-    def update(self, key: tuple[str, int], stamp_s: float, R: np.ndarray, t_m: np.ndarray, alpha: float,
-               timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """Smoothed (R (3, 3), t (3,)) of instance ``key`` given its measurement at ``stamp_s``."""
-        q = quaternion_from_matrix(R)
-        t = np.asarray(t_m, np.float64).reshape(3)
-        prev = self._tracks.get(key)
-        if alpha > 0.0 and prev is not None and 0.0 <= stamp_s - prev[0] <= timeout_s:
-            q = slerp(prev[1], q, 1.0 - alpha)
-            t = alpha * prev[2] + (1.0 - alpha) * t
-        self._tracks[key] = (stamp_s, q, t)
-        return matrix_from_quaternion(q), t
-
-    def forget_older_than(self, stamp_s: float) -> None:
-        """Drop tracks last seen before ``stamp_s`` (keeps the dict bounded)."""
-        for key in [k for k, v in self._tracks.items() if v[0] < stamp_s]:
-            del self._tracks[key]
-
-
-def neutral_vertices(model) -> np.ndarray | None:
-    """(N, 3) canonical vertices the model predicts for a black crop with a full mask (deterministic per
-    model file): the geometry that chooses the mesh marker's decimation. None when the call fails."""
-    info = model.info
-    s, g = info.crop_size, info.grid_size
-    try:
-        vertices = model.run(np.zeros((1, 3, s, s), np.float32), np.ones((1, 1, g, g), np.float32))[0]
-        return np.array(vertices[0], dtype=np.float64)
-    except Exception:  # noqa: BLE001 - display only: the full mesh is drawn instead
-        return None
-
-
-def observed_points(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
-                    max_points: int = 3000) -> np.ndarray:
-    """(n, 3) camera-frame points (m) of the instance's pixels with valid depth, strided to <= max_points."""
-    v, u = np.nonzero((mask == instance_id) & (depth_m > 0))
-    if len(u) > max_points:
-        step = int(np.ceil(len(u) / max_points))
-        v, u = v[::step], u[::step]
-    return backproject(u, v, depth_m[v, u], K)
-
-
-def icp_refine(observed_m: np.ndarray, model_points_m: np.ndarray, max_distance_m: float, iterations: int
-               ) -> tuple[np.ndarray, float]:
-    """Point-to-point ICP (open3d) of the observed points onto the predicted model surface.
-
-    Partial observation -> complete model is the well-posed direction (every observed point has a true
-    partner on the model). Returns (T (4, 4) rigid correction to apply to the model: ``p' = T p``,
-    fitness = fraction of observed points with a partner within ``max_distance_m``).
-    """
-    import open3d as o3d
-
-    reg = o3d.pipelines.registration
-    src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(observed_m, np.float64)))
-    dst = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(model_points_m, np.float64)))
-    result = reg.registration_icp(src, dst, float(max_distance_m), np.eye(4),
-                                  reg.TransformationEstimationPointToPoint(with_scaling=False),
-                                  reg.ICPConvergenceCriteria(max_iteration=int(iterations)))
-    T_obs_to_model = np.asarray(result.transformation)
-    return np.linalg.inv(T_obs_to_model), float(result.fitness)
-
-
-def surface_points(vertices: np.ndarray, faces: np.ndarray | None, n: int = 2000, seed: int = 0) -> np.ndarray:
-    """Points on a mesh surface for ICP: the vertices plus ``n`` area-weighted samples on the triangles
-    (fixed seed, so the same mesh gives the same points). vertices (N, 3), faces (F, 3) -> (N + n, 3)."""
-    v = np.asarray(vertices, np.float64)
-    if faces is None or len(faces) == 0:
-        return v
-    tri = v[np.asarray(faces)]  # (F, 3, 3)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not area.sum() > 0:
-        return v
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tri), size=n, p=area / area.sum())
-    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
-    w = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)  # uniform barycentric samples
-    return np.concatenate([v, np.einsum("nk,nkd->nd", w, tri[pick])], axis=0)
-
-
-def instance_classes(mask: np.ndarray, category: str, class_map: Mapping[int, str]) -> dict[int, str]:
-    """{mask value: category} of the instances present in ``mask`` (H, W) integer.
-
-    Instance-id masks (empty ``class_map``): every non-zero id is one instance of ``category``.
-    Per-class label masks: every label listed in ``class_map`` that is present is one instance.
-    """
-    if mask.dtype in (np.uint8, np.uint16):
-        counts = np.bincount(mask.ravel(), minlength=1)
-        present = np.flatnonzero(counts)
-    else:
-        present = np.unique(mask)
-    present = present[present > 0]
-    if class_map:
-        return {int(i): class_map[int(i)] for i in present if int(i) in class_map}
-    return {int(i): category for i in present}
 
 
 @dataclass
@@ -214,10 +91,10 @@ class PoseNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._p: NodeParams = declare_parameters(self)
+        self._log_bridge = forward_python_logging("cse_pose", self.get_logger(), self._p.log_throttle_s)
         self._stats = diag.FrameStats(self._p.stats_window)
         self._reason_loggers: dict[str, object] = {}
         self._input_counts = dict.fromkeys(INPUTS, 0)
-        self._smoother = PoseSmoother()
         self._last_sync_drops: dict[str, int] = {}
         self._k_cache: tuple | None = None
 
@@ -227,8 +104,8 @@ class PoseNode(Node):
         self._faces = {c: np.asarray(m.info.faces) for c, m in self._models.items()}
         self._meshes = DisplayMeshes(self._faces, {c: neutral_vertices(m) for c, m in self._models.items()})
         self._meshes.faces(self._p.mesh_marker_max_faces)  # decimate now, not in the first frame callback
-        self._pipeline = PosePipeline(self._models, self._pipeline_params(self._p)) if self._models else None
         self._open3d_ok = self._p.refine and self._import_open3d()
+        self._pipeline = PosePipeline(self._models, self._pipeline_params(self._p)) if self._models else None
 
         reliable = QoSProfile(depth=10)
         self._pub_pose = self.create_publisher(PoseStamped, "~/pose", reliable)
@@ -259,6 +136,9 @@ class PoseNode(Node):
             enlarge=p.enlarge, ransac_threshold_m=p.ransac_threshold_m, ransac_max_hypotheses=p.ransac_iterations,
             min_correspondences=p.min_correspondences, min_inliers=p.min_inliers, min_quality=p.min_quality,
             seed=None if p.ransac_seed < 0 else p.ransac_seed, depth_sampling=p.depth_sampling,
+            refine=p.refine and self._open3d_ok, refine_max_distance_m=p.refine_max_distance_m,
+            refine_iterations=p.refine_iterations, smoothing_alpha=p.smoothing_alpha,
+            smoothing_timeout_s=p.smoothing_timeout_s,
         )
 
     def _wanted_categories(self, available: Sequence[str]) -> list[str]:
@@ -353,6 +233,7 @@ class PoseNode(Node):
             return SetParametersResult(successful=False, reason=reason)
         if new.refine and not self._open3d_ok and not self._import_open3d():
             return SetParametersResult(successful=False, reason="refine needs open3d, which is not importable")
+        self._log_bridge.throttle_s = new.log_throttle_s
         try:
             pipeline_params = self._pipeline_params(new)
         except PoseError as exc:
@@ -382,7 +263,7 @@ class PoseNode(Node):
         self._input_counts[name] += 1
 
     def _on_frame(self, rgb_msg: Image, depth_msg: Image, mask_msg: Image, info_msg: CameraInfo) -> None:
-        """Synchronised frame: decode -> pipeline -> refine/smooth -> publish. Never raises."""
+        """Synchronised frame: decode -> pipeline (with refine/smoothing) -> publish. Never raises."""
         t0 = time.perf_counter()
         self._stats.frame_received()
         if self._pipeline is None:
@@ -395,7 +276,8 @@ class PoseNode(Node):
                 raise _FrameRejected(REASON_EMPTY_MASK, "the mask holds no instance"
                                      + (" of a class_map label" if self._class_map else ""))
             t1 = time.perf_counter()
-            result = self._pipeline.process(frame.rgb, frame.depth_m, frame.mask, classes, frame.K)
+            stamp_s = rgb_msg.header.stamp.sec + 1e-9 * rgb_msg.header.stamp.nanosec
+            result = self._pipeline.process(frame.rgb, frame.depth_m, frame.mask, classes, frame.K, stamp_s)
         except (_FrameRejected, ConversionError, PoseError) as exc:
             self._reject(exc.reason, str(exc))
             return
@@ -404,8 +286,8 @@ class PoseNode(Node):
             return
         timings = {k: v for k, v in result.timings_ms.items() if k != "total"}
         timings["decode"] = (t1 - t0) * 1e3
+        self._count_skipped(result.instances)
         try:
-            timings["refine"] = self._postprocess(rgb_msg, frame, result.instances)
             t2 = time.perf_counter()
             published = self._publish(rgb_msg, frame, result.instances)
         except Exception as exc:  # noqa: BLE001
@@ -442,46 +324,12 @@ class PoseNode(Node):
         self._k_cache = (key, K)
         return K
 
-    def _postprocess(self, header_msg: Image, frame: _Decoded, instances: list) -> float:
-        """Optional ICP refinement and temporal smoothing of trusted poses (in place); returns ms spent."""
-        p = self._p
-        t0 = time.perf_counter()
-        stamp_s = header_msg.header.stamp.sec + 1e-9 * header_msg.header.stamp.nanosec
+    def _count_skipped(self, instances: list) -> None:
+        """Count and report (rate-limited) every instance that gets no published pose."""
         for inst in instances:
-            if inst.pose is None or not inst.trusted:
-                if inst.reason:
-                    self._stats.instance_skipped(inst.reason)
-                    self._warn(inst.reason, f"{inst.category} #{inst.instance_id}: no published pose")
-                continue
-            R, t = np.asarray(inst.pose.R), np.asarray(inst.pose.t_m)
-            if p.refine and self._open3d_ok and inst.vertices_cam is not None:
-                R, t = self._refine(frame, inst, R, t)
-            if p.smoothing_alpha > 0:
-                R, t = self._smoother.update((inst.category, inst.instance_id), stamp_s, R, t,
-                                             p.smoothing_alpha, p.smoothing_timeout_s)
-            if R is not inst.pose.R:
-                inst.pose = _with_pose(inst.pose, R, t)
-        if p.smoothing_alpha > 0:
-            self._smoother.forget_older_than(stamp_s - max(p.smoothing_timeout_s, 1.0) * 10)
-        return (time.perf_counter() - t0) * 1e3
-
-    def _refine(self, frame: _Decoded, inst, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ICP-refined (R, t) of one instance; the input pose when ICP fails or finds too few partners."""
-        p = self._p
-        obs = observed_points(frame.depth_m, frame.mask, inst.instance_id, frame.K)
-        if len(obs) < 10:
-            return R, t
-        try:
-            T, fitness = icp_refine(obs, surface_points(inst.vertices_cam, self._faces.get(inst.category)),
-                                    p.refine_max_distance_m, p.refine_iterations)
-        except Exception as exc:  # noqa: BLE001 - refinement is optional: keep the unrefined pose
-            self._warn("refine_failed", f"ICP failed ({type(exc).__name__}: {exc}); pose left unrefined")
-            return R, t
-        if fitness < MIN_ICP_FITNESS:
-            self._warn("refine_rejected", f"ICP matched only {fitness:.0%} of the depth points; pose left unrefined")
-            return R, t
-        inst.vertices_cam = inst.vertices_cam @ T[:3, :3].T + T[:3, 3]
-        return T[:3, :3] @ R, T[:3, :3] @ t + T[:3, 3]
+            if (inst.pose is None or not inst.trusted) and inst.reason:
+                self._stats.instance_skipped(inst.reason)
+                self._warn(inst.reason, f"{inst.category} #{inst.instance_id}: no published pose")
 
     def _publish(self, rgb_msg: Image, frame: _Decoded, instances: list) -> int:
         """Publish every output for one processed frame; returns the number of trusted poses."""
@@ -580,18 +428,16 @@ class PoseNode(Node):
                                    level=level, message=message, models=models, extra=extra)
         self._pub_diag.publish(diag.build_array(status, self.get_clock().now().to_msg()))
 
+    def destroy_node(self) -> None:
+        """Detach the logging bridge, then destroy the node."""
+        logging.getLogger("cse_pose").removeHandler(self._log_bridge)
+        super().destroy_node()
+
     # -- test hooks ----------------------------------------------------------------------------------------
     @property
     def stats(self) -> diag.FrameStats:
         """The frame statistics (read-only use)."""
         return self._stats
-
-
-def _with_pose(pose, R: np.ndarray, t: np.ndarray):
-    """Copy of an ``ObjectPose`` with a new rotation and translation."""
-    from dataclasses import replace
-
-    return replace(pose, R=np.asarray(R, np.float64), t_m=np.asarray(t, np.float64))
 
 
 def limit_blas_threads() -> None:

@@ -26,6 +26,7 @@ ORT_TRT = {"1.20": "10.4", "1.21": "10.8", "1.22": "10.9"}
 # exec_depends of package.xml that ros-<distro>-ros-base already brings, or that the image leaves out
 IN_ROS_BASE = {"rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "launch"}
 NOT_IN_IMAGE = {"rviz2"}  # run RViz on the host (docs/deployment.md)
+BUILT_HERE = {"cse_pose"}  # the sibling package, built by the same colcon build
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,14 +113,44 @@ def test_copied_sources_exist_and_are_in_the_build_context():
               "ros2_ws/src/cse_pose_ros/launch/pose.launch.py", "ros2_ws/src/cse_pose_ros/config/pose.yaml",
               "ros2_ws/src/cse_pose_ros/cse_pose_ros/node.py",
               "ros2_ws/src/cse_pose_ros/cse_pose_ros/bringup.py",
+              "ros2_ws/src/cse_pose/setup.py", "ros2_ws/src/cse_pose/package.xml",
+              "ros2_ws/src/cse_pose/cse_pose/pipeline.py", "tools/pyproject.toml",
               "training/pyproject.toml", "training/cse_train/data/synthetic.py", "docker/entrypoint.sh",
               *(f"launch/{b}.launch.py" for b in BRINGUPS)]
     for rel in needed:
         assert (REPO / rel).exists(), rel
         assert not dockerignored(rel), f"{rel} is excluded by .dockerignore"
     for rel in (".venv/bin/python", ".git/HEAD", "ros2_ws/src/cse_pose_ros/test/test_docker.py",
+                "ros2_ws/src/cse_pose/test/test_pipeline.py", "tools/tests/test_layout.py",
                 "training/tests/conftest.py", "models/trt_cache/x.engine", "README.md"):
         assert dockerignored(rel), f"{rel} should not be sent to the build"
+
+
+def stage_instructions() -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> its instructions (after its FROM)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for word, rest in instructions():
+        if word == "FROM":
+            current = rest.split()[-1]
+            out[current] = []
+        elif current is not None:
+            out[current].append((word, rest))
+    return out
+
+
+def test_robot_image_has_neither_torch_nor_training_nor_dev_tools():
+    stages = stage_instructions()
+    final = list(stages)[-1]
+    assert final == "robot" and stages["robot"] == []  # the default target is the runtime stage as it is
+    runtime = " ".join(rest for _, rest in stages["runtime"])
+    for forbidden in ("training", "tools", "torch", "cse_train", "cse_pose_dev"):
+        assert forbidden not in runtime, f"the robot image mentions {forbidden!r}"
+    for variant in ("gpu", "cpu"):
+        assert "torch" not in (DOCKER / f"requirements-{variant}.txt").read_text()
+    assert "src/cse_pose " in runtime + " " and "src/cse_pose_ros" in runtime  # both ROS packages built
+    dev = " ".join(rest for _, rest in stages["dev"])
+    assert "training" in dev and "tools" in dev  # the synthetic camera lives in the dev image only
 
 
 def test_entrypoint_is_installed_where_entrypoint_points():
@@ -137,7 +168,7 @@ def test_gpu_and_cpu_variants_and_pins():
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG VARIANT=gpu$", text, re.M)
     stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.M)
-    assert {"base-gpu", "base-cpu", "runtime"} <= set(stages)
+    assert {"base-gpu", "base-cpu", "runtime", "dev", "robot"} <= set(stages)
     assert re.search(r"^FROM base-\$\{VARIANT\} AS runtime$", text, re.M)
     assert "cudnn" in env_values()["CUDA_IMAGE"] and "ubuntu24.04" in env_values()["CUDA_IMAGE"]
     assert env_values()["CPU_IMAGE"] == "ubuntu:24.04"  # Jazzy's platform, as the CUDA image's
@@ -168,9 +199,9 @@ def test_every_ros_dependency_is_installed():
         if dep.startswith("python3-"):
             pip_name = dep.removeprefix("python3-").removesuffix("-pip")
             assert dep in text or pip_name in (DOCKER / "requirements-gpu.txt").read_text(), dep
-        elif dep not in IN_ROS_BASE | NOT_IN_IMAGE:
+        elif dep not in IN_ROS_BASE | NOT_IN_IMAGE | BUILT_HERE:
             assert dep.replace("_", "-") in installed, f"package.xml exec_depend {dep} is not in the image"
-    assert "colcon build" in text and "ros2_ws/src/cse_pose_ros" in text
+    assert "colcon build" in text and "ros2_ws/src/cse_pose_ros" in text and "ros2_ws/src/cse_pose " in text
 
 
 def test_hadolint():
@@ -285,11 +316,14 @@ def test_docker_build_cpu_variant():
     tag = "cse_pose:cpu-test"
     build = [docker, "build", "-f", str(DOCKERFILE), "--build-arg", "VARIANT=cpu", "-t", tag, str(REPO)]
     subprocess.run(build, check=True, timeout=3600)
-    probe = ("import onnxruntime, open3d, cv_bridge, message_filters, tf2_ros, vision_msgs, "
-             "cse_pose_ros.node, cse_pose_ros.tabletop_mask, cse_train.data.synthetic; print('ok')")
+    probe = ("import importlib.util, onnxruntime, open3d, cv_bridge, message_filters, tf2_ros, vision_msgs, "
+             "cse_pose.pipeline, cse_pose_ros.node, cse_pose_ros.tabletop_mask; "
+             "absent = [m for m in ('torch', 'cse_train', 'cse_pose_dev') if importlib.util.find_spec(m) is None]; "
+             "print('absent:' + ','.join(absent))")
     out = subprocess.run([docker, "run", "--rm", tag, "python3", "-c", probe], capture_output=True, text=True,
                          timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("absent:torch,cse_train,cse_pose_dev"), out.stdout  # the robot image
     show = [docker, "run", "--rm", tag, "ros2", "launch", "/opt/cse_pose/launch/realsense.launch.py",
             "--show-args"]
     out = subprocess.run(show, capture_output=True, text=True, timeout=300)

@@ -13,14 +13,14 @@ import time
 import numpy as np
 import pytest
 
-from cse_pose_ros.testing import (
+from cse_pose_dev.oracle import (
     DEFAULT_EXTENTS,
     default_intrinsics,
     random_rotation,
     render_oracle_frame,
     write_oracle_model,
 )
-from cse_pose_ros.tools.ros_io import (
+from cse_pose_dev.ros_io import (
     frame_messages,
     probe_node,
     ros_env,

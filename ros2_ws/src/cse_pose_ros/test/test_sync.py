@@ -1,4 +1,4 @@
-"""The in-package approximate-time synchroniser (cse_pose_ros.sync), fed with stamped fake messages."""
+"""The approximate-time policy (cse_pose.sync) and its ROS glue (cse_pose_ros.sync), fed with stamped fake messages."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from cse_pose.sync import DROP_LATE, DROP_NO_HEADER, DROP_QUEUE_OVERFLOW, DROP_SUPERSEDED
 from cse_pose_ros.sync import (
-    DROP_LATE,
-    DROP_NO_HEADER,
-    DROP_QUEUE_OVERFLOW,
-    DROP_SUPERSEDED,
     ApproximateTimeSynchronizer,
     SimpleFilter,
     Subscriber,

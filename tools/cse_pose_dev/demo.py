@@ -1,10 +1,10 @@
 """``make demo``: synthetic RGB-D camera -> cse_pose_node -> scoring, over real DDS, no camera, no GPU.
 
-    python -m cse_pose_ros.tools.demo [--model-dir models] [--category mug] [--frames 40] [--oracle]
+    python -m cse_pose_dev.demo [--model-dir models] [--category mug] [--frames 40] [--oracle]
 
 Starts two processes on a private DDS domain (localhost discovery): the pose node
 (``python -m cse_pose_ros``) with ``models/<category>.onnx``, then the synthetic camera
-(:mod:`cse_pose_ros.tools.synthetic_camera`: RGB, 16UC1 depth, mono8 instance mask, CameraInfo and a
+(:mod:`cse_pose_dev.synthetic_camera`: RGB, 16UC1 depth, mono8 instance mask, CameraInfo and a
 ground-truth side channel). This process subscribes to the node's outputs and the ground truth, and when
 the camera has sent its frames it prints, per frame, the pose error against the ground truth and the
 end-to-end latency (camera stamp -> pose received), writes one annotated PNG (the node's debug image:
@@ -14,7 +14,7 @@ both processes.
 
 Exit status: 0 when the node served frames, 1 when it served none (or died), 2 when there is no model.
 ``--oracle`` runs the plumbing check without a trained model: the camera sends NOCS-coloured images
-and the node gets the oracle test model (:mod:`cse_pose_ros.testing`), so errors should be ~0.
+and the node gets the oracle test model (:mod:`cse_pose_dev.oracle`), so errors should be ~0.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def _marker_facts(markers, instance_id: int | None = None) -> dict:
 
 def _score(pose_msg, facts: dict, gt: dict, symmetric: bool) -> dict:
     """Errors of one published pose against the ground-truth instance nearest to it."""
-    from ..core.metrics import iou_3d, rotation_error_deg, symmetric_iou
-    from ..markers import matrix_from_quaternion
+    from cse_pose.core.metrics import iou_3d, rotation_error_deg, symmetric_iou
+    from cse_pose.core.rotation import matrix_from_quaternion
 
     p, q = pose_msg.pose.position, pose_msg.pose.orientation
     t = np.array([p.x, p.y, p.z])
@@ -118,8 +118,8 @@ def _save_png(path: Path, image_msg, gt: dict | None) -> None:
     """Debug image (node's boxes and axes) + the ground-truth box in white, as PNG."""
     import cv2
 
-    from ..conversions import image_to_numpy
-    from ..markers import draw_pose
+    from cse_pose.display import draw_pose
+    from cse_pose_ros.conversions import image_to_numpy
 
     rgb = np.ascontiguousarray(image_to_numpy(image_msg, "rgb")).copy()
     if gt is not None:
@@ -137,7 +137,7 @@ def _fmt(x, spec: str = ".2f") -> str:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.oracle:
-        from ..testing import write_oracle_model
+        from .oracle import write_oracle_model
 
         category = args.category or "mug"
         model_path = write_oracle_model(out / "oracle_model" / f"{category}.onnx", category, 128, 32)
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         category, model_path = choice
     out.mkdir(parents=True, exist_ok=True)
 
-    from ..core.priors import is_symmetric
+    from cse_pose.core.categories import is_symmetric
 
     symmetric = is_symmetric(category)
     domain = int(os.environ.get("ROS_DOMAIN_ID") or 1 + os.getpid() % 100)
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from std_msgs.msg import String
     from visualization_msgs.msg import MarkerArray
 
-    from ..diagnostics import level_of
+    from cse_pose_ros.diagnostics import level_of
 
     t_start = time.monotonic()
     node_proc = cam_proc = None
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
                                "-p", f"frames:={args.frames}", "-p", f"rate_hz:={float(args.rate)}",
                                "-p", f"width:={args.width}", "-p", f"height:={args.height}",
                                "-p", f"seed:={args.seed}", "-p", f"rgb_mode:={'nocs' if args.oracle else 'shaded'}"],
-                              env, out / "camera.log", module="cse_pose_ros.tools.synthetic_camera")
+                              env, out / "camera.log", module="cse_pose_dev.synthetic_camera")
         print(f"demo: rendering {args.frames} synthetic frames (scene seed {args.seed}) ...")
         deadline = t_start + args.timeout
         spin_until(runner, lambda: cam_proc.poll() is not None, max(1.0, deadline - time.monotonic()))
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
 def report(args, out: Path, category: str, symmetric: bool, got: Collected, node_alive: bool,
            elapsed_s: float) -> int:
     """Per-frame lines, the PNG, the summary table and summary.json; returns the exit status."""
-    from ..diagnostics import status_values
+    from cse_pose_ros.diagnostics import status_values
 
     frames = sorted(got.truth.items(), key=lambda kv: kv[1]["frame_index"])
     rows = []

@@ -1,11 +1,16 @@
-"""The ROS-free per-frame pipeline (DESIGN section 3, steps 3-8), shared by the node, evaluation and bench.
+"""The ROS-free per-frame pipeline, shared by the node, evaluation and bench.
 
 Per frame: for every instance of the mask that ``classes`` names, the reference crop (``core.crop``),
 then one batched model call per category (``inference``), then per instance the confidence selection
 and lifting (``core.correspondence``), the robust similarity (``core.solver``) and the published pose
-(``core.pose``). A bad instance (empty mask, no valid depth, too few confident pairs, solver failure,
-unknown category) gets ``pose=None`` and the error's ``reason``; it never fails the frame. Frame-level
-problems (arrays of the wrong shape or dtype, invalid K) raise :class:`~cse_pose_ros.core.errors.PoseError`.
+(``core.pose``); then, for trusted poses and when enabled, the ICP refinement against the observed depth
+(``refine``) and the temporal smoothing per instance (``smoothing``). A bad instance (empty mask, no
+valid depth, too few confident pairs, solver failure, unknown category) gets ``pose=None`` and the
+error's ``reason``; it never fails the frame. Frame-level problems (arrays of the wrong shape or dtype,
+invalid K) raise :class:`~cse_pose.core.errors.PoseError`.
+
+Log records go to the standard ``logging`` logger ``cse_pose.pipeline``; the ROS node forwards the
+``cse_pose`` loggers to /rosout.
 
 Conventions: images (H, W) in pixels, depth in metres (0 = invalid), OpenCV optical camera frame,
 ``p_cam = R p_obj + t_m`` with ``p_obj`` in the published object frame.
@@ -17,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,12 +33,14 @@ from .core.errors import InvalidInputError, PoseError
 from .core.pose import ObjectPose, pose_from_similarity
 from .core.solver import ransac_umeyama
 from .inference.backend import InferenceBackend
+from .refine import refine_pose
+from .smoothing import PoseSmoother
 
 LOG = logging.getLogger(__name__)
 
 #: Timing keys of :attr:`FrameResult.timings_ms` (milliseconds, summed over instances), plus ``total``.
 #: ``select`` = confidence threshold + pixel selection, ``lift`` = back-projection into 3D-3D pairs.
-STAGES: tuple[str, ...] = ("crop", "model", "select", "lift", "solve", "pose")
+STAGES: tuple[str, ...] = ("crop", "model", "select", "lift", "solve", "pose", "refine")
 
 REASON_UNKNOWN_CATEGORY = "unknown_category"
 REASON_MODEL_ERROR = "model_error"
@@ -67,6 +74,11 @@ class PipelineParams:
             (640x480, f=600 px, objects 6-20 cm at 0.5-1 m): rotation error median 0.84 deg -> 0.08 deg,
             p90 1.32 -> 0.33 deg, translation median 1.4 -> 1.0 mm. The network's grid mask always uses
             the legacy nearest crop, as in training.
+        refine: ICP-refine trusted poses against the observed depth (needs open3d).
+        refine_max_distance_m, refine_iterations: ICP correspondence distance (metres) and iterations.
+        smoothing_alpha: temporal smoothing weight of the previous pose per instance (0 = off); applied
+            when ``process`` gets a ``stamp_s``.
+        smoothing_timeout_s: an instance unseen for longer than this (stream time) restarts its smoothing.
     """
 
     min_depth_m: float = 0.1
@@ -80,6 +92,11 @@ class PipelineParams:
     min_quality: float = 0.15
     seed: int | None = 0
     depth_sampling: str = "aligned"
+    refine: bool = False
+    refine_max_distance_m: float = 0.02
+    refine_iterations: int = 20
+    smoothing_alpha: float = 0.0
+    smoothing_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -95,6 +112,10 @@ class PipelineParams:
             problems.append("need ransac_max_hypotheses >= 1, min_correspondences >= 3, min_inliers >= 3")
         if self.depth_sampling not in DEPTH_SAMPLINGS:
             problems.append(f"depth_sampling must be one of {DEPTH_SAMPLINGS}, got {self.depth_sampling!r}")
+        if not (self.refine_max_distance_m > 0 and self.refine_iterations >= 1):
+            problems.append("need refine_max_distance_m > 0 and refine_iterations >= 1")
+        if not (0.0 <= self.smoothing_alpha < 1.0 and self.smoothing_timeout_s >= 0.0):
+            problems.append("need 0 <= smoothing_alpha < 1 and smoothing_timeout_s >= 0")
         if problems:
             raise InvalidInputError("; ".join(problems))
 
@@ -113,6 +134,7 @@ class InstanceResult:
             ``low_quality``; None for a trusted pose.
         vertices_cam: (N, 3) deformed prior in the camera frame, metres (None without a pose).
         crop_box: the crop used (None when the mask gave none).
+        refine_note: why ICP refinement was not applied ("" when applied or not asked for).
     """
 
     instance_id: int
@@ -122,6 +144,7 @@ class InstanceResult:
     reason: str | None
     vertices_cam: np.ndarray | None = None
     crop_box: CropBox | None = None
+    refine_note: str = ""
 
 
 @dataclass
@@ -141,6 +164,7 @@ class _ModelSlot:
         self.S = int(info.crop_size)
         self.G = int(info.grid_size)
         self.base_rotation = np.asarray(info.base_rotation, dtype=np.float64)
+        self.faces = np.asarray(info.faces) if getattr(info, "faces", None) is not None else None
         self._rgb = np.zeros((0, 3, self.S, self.S), np.float32)
         self._mask = np.zeros((0, 1, self.G, self.G), np.float32)
 
@@ -209,7 +233,7 @@ class PosePipeline:
     per instance (the buffers are shared).
 
     Args:
-        models: category -> loaded model (:func:`cse_pose_ros.inference.load_model`).
+        models: category -> loaded model (:func:`cse_pose.inference.load_model`).
         params: :class:`PipelineParams`.
     """
 
@@ -217,6 +241,11 @@ class PosePipeline:
         self.params = params or PipelineParams()
         self.models = dict(models)
         self._slots = {category: _ModelSlot(model) for category, model in self.models.items()}
+        self._smoother = PoseSmoother()
+
+    def reset(self) -> None:
+        """Forget the temporal state (smoothing tracks), e.g. when the input stream restarted."""
+        self._smoother.reset()
 
     def process(
         self,
@@ -225,6 +254,7 @@ class PosePipeline:
         instance_mask: np.ndarray,
         classes: Mapping[int, str],
         K: np.ndarray,
+        stamp_s: float | None = None,
     ) -> FrameResult:
         """Poses of every instance named in ``classes``.
 
@@ -234,6 +264,7 @@ class PosePipeline:
             instance_mask: (H, W) integer ids, 0 = background.
             classes: instance id -> category; ids not listed are ignored.
             K: (3, 3) intrinsics of ``rgb`` in pixels.
+            stamp_s: the frame's stream time (seconds); temporal smoothing runs only when it is given.
         Returns:
             :class:`FrameResult` with one :class:`InstanceResult` per entry of ``classes`` (in its order).
         Raises:
@@ -278,6 +309,9 @@ class PosePipeline:
                 timings["model"] += _ms(t0)
             for b, item in enumerate(items):
                 self._solve(slot, results[item.index], item, vertices[b], match[b], confidence[b], K, timings)
+        t0 = time.perf_counter()
+        self._postprocess(results, depth, mask, K, stamp_s)
+        timings["refine"] = _ms(t0)
         timings["total"] = _ms(t_start)
         return FrameResult(results, timings)
 
@@ -357,6 +391,34 @@ class PosePipeline:
             LOG.exception("instance %d (%s): unexpected failure", result.instance_id, result.category)
             result.reason = REASON_INTERNAL
             result.vertices_cam = None
+
+
+    def _postprocess(self, results: list[InstanceResult], depth: np.ndarray, mask: np.ndarray, K: np.ndarray,
+                     stamp_s: float | None) -> None:
+        """ICP refinement and temporal smoothing of the trusted poses, in place."""
+        p = self.params
+        smooth = p.smoothing_alpha > 0 and stamp_s is not None
+        for result in results:
+            if result.pose is None or not result.trusted:
+                continue
+            R, t = np.asarray(result.pose.R, np.float64), np.asarray(result.pose.t_m, np.float64)
+            if p.refine and result.vertices_cam is not None:
+                faces = self._slots[result.category].faces
+                T, note = refine_pose(depth, mask, result.instance_id, K, result.vertices_cam, faces,
+                                      p.refine_max_distance_m, p.refine_iterations)
+                result.refine_note = note
+                if note and note != "too_few_points":
+                    LOG.warning("%s #%d: %s; pose left unrefined", result.category, result.instance_id, note)
+                if not note:
+                    result.vertices_cam = result.vertices_cam @ T[:3, :3].T + T[:3, 3]
+                    R, t = T[:3, :3] @ R, T[:3, :3] @ t + T[:3, 3]
+            if smooth:
+                R, t = self._smoother.update((result.category, result.instance_id), float(stamp_s), R, t,
+                                             p.smoothing_alpha, p.smoothing_timeout_s)
+            if R is not result.pose.R:
+                result.pose = replace(result.pose, R=R, t_m=t)
+        if smooth:
+            self._smoother.forget_older_than(float(stamp_s) - max(p.smoothing_timeout_s, 1.0) * 10)
 
 
 @contextmanager

@@ -1,14 +1,7 @@
 """README.md's parameter table is the one generated from the parameter declarations."""
 
-import importlib.util
-from pathlib import Path
-
+from cse_pose_dev import readme_params
 from cse_pose_ros.params import PARAMS, ParamSpec, markdown_table
-
-PKG = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("readme_params", PKG / "scripts" / "readme_params.py")
-readme_params = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(readme_params)
 
 
 def test_readme_parameter_table_matches_declarations():
@@ -16,7 +9,7 @@ def test_readme_parameter_table_matches_declarations():
     assert table is not None, "README.md lacks the parameter table markers"
     assert table == markdown_table(), (
         "README.md's parameter table is out of date: run "
-        "`.venv/bin/python ros2_ws/src/cse_pose_ros/scripts/readme_params.py --write`"
+        "`.venv/bin/python -m cse_pose_dev.readme_params --write`"
     )
 
 

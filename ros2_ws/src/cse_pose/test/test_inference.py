@@ -1,4 +1,4 @@
-"""Model loading and the contract checks (cse_pose_ros.inference) with the oracle model."""
+"""Model loading and the contract checks (cse_pose.inference) with the oracle model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="onnx is needed to write test models")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the model runtime")
 
-from cse_pose_ros.inference import (  # noqa: E402
+from cse_pose.inference import (  # noqa: E402
     ModelError,
     auto_candidates,
     find_models,
@@ -20,7 +20,7 @@ from cse_pose_ros.inference import (  # noqa: E402
     metadata_props,
     parse_metadata,
 )
-from cse_pose_ros.testing import DEFAULT_EXTENTS, box_mesh, write_oracle_model  # noqa: E402
+from cse_pose_dev.oracle import DEFAULT_EXTENTS, box_mesh, write_oracle_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_base_rotation_in_oracle(tmp_path):
 
 
 def test_run_validates_inputs_and_empty_batch(oracle):
-    from cse_pose_ros.core.errors import InvalidInputError
+    from cse_pose.core.errors import InvalidInputError
 
     model = load_model(oracle, backend="cpu")
     with pytest.raises(InvalidInputError):
@@ -294,7 +294,7 @@ def test_torch_backend(tmp_path, oracle):
 
 def test_auto_falls_back_when_a_gpu_provider_fails(oracle, monkeypatch, caplog):
     """'auto' tries CUDA first when listed; if it cannot start, CPU serves and the fallback is logged."""
-    from cse_pose_ros.inference import loader, onnx_backend
+    from cse_pose.inference import loader, onnx_backend
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a real CUDA provider is present")
@@ -302,7 +302,7 @@ def test_auto_falls_back_when_a_gpu_provider_fails(oracle, monkeypatch, caplog):
     monkeypatch.setattr(onnx_backend, "available_providers", lambda: fake)
     monkeypatch.setattr(loader, "available_providers", lambda: fake)
     assert loader.auto_candidates() == ["cuda", "cpu"]
-    with caplog.at_level("WARNING", logger="cse_pose_ros.inference.loader"):
+    with caplog.at_level("WARNING", logger="cse_pose.inference.loader"):
         model = load_model(oracle, backend="auto")
     assert model.name == "onnxruntime-cpu"
     assert "cuda:" in caplog.text and "CUDAExecutionProvider" in caplog.text
@@ -311,7 +311,7 @@ def test_auto_falls_back_when_a_gpu_provider_fails(oracle, monkeypatch, caplog):
 
 
 def test_tensorrt_options_and_cache_dir(oracle, tmp_path, monkeypatch):
-    from cse_pose_ros.inference import onnx_backend
+    from cse_pose.inference import onnx_backend
 
     monkeypatch.setattr(onnx_backend, "gpu_name", lambda device_id=0: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(onnx_backend, "tensorrt_version", lambda: "10.3.0")

@@ -16,19 +16,9 @@ import time
 
 import numpy as np
 
-from cse_pose_ros.core.metrics import rotation_error_deg
-from cse_pose_ros.core.solver import ransac_umeyama, umeyama
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+from cse_pose.core.metrics import rotation_error_deg
+from cse_pose.core.rotation import random_rotation
+from cse_pose.core.solver import ransac_umeyama, umeyama
 
 
 def make_problem(rng, n, outlier_ratio, noise_m=0.01):

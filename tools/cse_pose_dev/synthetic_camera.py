@@ -1,6 +1,6 @@
 """A synthetic RGB-D camera + segmenter node: a moving scene of ``cse_train.data.synthetic``.
 
-    python -m cse_pose_ros.tools.synthetic_camera --ros-args -r __ns:=/synthetic_camera \
+    python -m cse_pose_dev.synthetic_camera --ros-args -r __ns:=/synthetic_camera \
         -p category:=mug -p frames:=40 -p rate_hz:=10.0
 
 Publishes (relative names, so a namespace or remapping places them): ``rgb/image`` (rgb8),
@@ -16,7 +16,7 @@ The frames are rendered once at start-up (the renderer is not real-time), then p
 slow readers get the reliable ground truth) and exits, unless ``loop`` is set.
 
 ``rgb_mode:=nocs`` publishes, instead of the shaded image, the object coordinates encoded as colours
-(``c = p_obj / (s * extents) + 0.5``, the encoding :mod:`cse_pose_ros.testing`'s oracle model decodes):
+(``c = p_obj / (s * extents) + 0.5``, the encoding :mod:`cse_pose_dev.oracle`'s oracle model decodes):
 a plumbing check of camera -> node -> scoring that needs no trained model.
 """
 
@@ -34,7 +34,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from ..testing import DEFAULT_EXTENTS
+from .oracle import DEFAULT_EXTENTS
 from .ros_io import frame_messages
 
 INPUTS = ("rgb/image", "depth/image", "mask/image", "rgb/camera_info")
@@ -152,7 +152,7 @@ class SyntheticCamera(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point: ``python -m cse_pose_ros.tools.synthetic_camera [--ros-args ...]``."""
+    """Entry point: ``python -m cse_pose_dev.synthetic_camera [--ros-args ...]``."""
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     try:

@@ -1,15 +1,16 @@
-"""Category prior meshes, their shape families, symmetry and frame conventions.
+"""Procedural category shapes: the prior meshes, their shape families and frame conventions.
 
 The paper deforms one prior mesh per category. The reference ships simplified ShapeNet meshes; we
 generate ours procedurally so that the same builders also give the synthetic data generator its
 intra-class variation (a mug's radius, height and handle; a laptop's lid angle; a bottle's profile).
 
 Frames. ``build_shape`` returns a metric mesh (metres) directly in the *published object frame*
-(DESIGN section 5, NOCS-style): y up along the upright / symmetry axis, origin at the centre of the
+(NOCS-style, see ``cse_pose.core.categories``): y up along the upright / symmetry axis, origin at the centre of the
 axis-aligned bounding box, right-handed. Category specifics: the mug handle points to +x; the laptop
 hinge runs along x with the base in the xz-plane and the lid rising from the back edge (z < 0); the
-camera lens points to +z. Hence the base rotation from our prior frame to the published frame is the
-identity; ``REFERENCE_BASE_ROTATION`` holds the proper rotations for the authors' ``.obj`` priors
+camera lens points to +z. The category names and symmetry live in the runtime's
+``cse_pose.core.categories`` (re-exported here). Hence the base rotation from our prior frame to the
+published frame is the identity; ``REFERENCE_BASE_ROTATION`` holds the proper rotations for the authors' ``.obj`` priors
 (reference brief section 7.4).
 
 Normalisation (reference brief section 1.8): vertex centroid at the origin, max |coordinate| = 1.
@@ -23,19 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError, UnknownCategoryError
+from cse_pose.core.categories import CATEGORIES, SYMMETRY, check_category, is_symmetric
+from cse_pose.core.errors import InvalidInputError
 
-CATEGORIES: tuple[str, ...] = ("bottle", "bowl", "camera", "can", "laptop", "mug")
-
-#: Symmetry axis of each category in the published frame ('y': continuous rotation about y).
-SYMMETRY: dict[str, str | None] = {
-    "bottle": "y",
-    "bowl": "y",
-    "can": "y",
-    "camera": None,
-    "laptop": None,
-    "mug": None,
-}
+__all__ = [
+    "CATEGORIES", "SHAPE_PARAM_RANGES", "SYMMETRY", "Mesh", "base_rotation", "build_shape", "check_category",
+    "default_shape_params", "is_symmetric", "load_obj", "normalize_vertices", "prior_mesh",
+]
 
 #: Proper rotation B (row-major, ``v_pub = B @ v``) from the authors' .obj prior frame to ours.
 REFERENCE_BASE_ROTATION: dict[str, np.ndarray] = {
@@ -106,18 +101,6 @@ class Mesh:
     def extent(self) -> np.ndarray:
         """(3,) axis-aligned bounding-box extents."""
         return self.vertices.max(axis=0) - self.vertices.min(axis=0)
-
-
-def check_category(category: str) -> str:
-    """Return ``category`` if the project has a prior for it, else raise ``UnknownCategoryError``."""
-    if category not in CATEGORIES:
-        raise UnknownCategoryError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}")
-    return category
-
-
-def is_symmetric(category: str) -> bool:
-    """True for categories with a continuous symmetry about y (bottle, bowl, can)."""
-    return SYMMETRY[check_category(category)] == "y"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..conversions import numpy_to_image
+from cse_pose_ros.conversions import numpy_to_image
 
 
 def time_msg(seconds: float):

@@ -1,32 +1,25 @@
-"""``make bench`` (scripts/bench.py): a tiny run of its functions end to end, the table and helpers, the GPU
+"""``make bench`` (cse_pose_dev.bench): a tiny run of its functions end to end, the table and helpers, the GPU
 script's clean exit without a CUDA execution provider, and the reference RANSAC on exact data."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1]
-ROOT = PACKAGE.parents[2]
-SCRIPT = PACKAGE / "scripts" / "bench.py"
+ROOT = Path(__file__).resolve().parents[2]
 GPU_SCRIPT = ROOT / "scripts" / "bench_gpu.sh"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("cse_pose_bench_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("cse_pose_dev.bench")
 
 
 def _numbers(line: str) -> list[float]:
@@ -79,7 +72,7 @@ def test_arguments_are_checked(bench):
 
 
 def test_require_cuda_exits_cleanly_without_cuda(bench, capsys):
-    from cse_pose_ros.inference import available_providers
+    from cse_pose.inference import available_providers
 
     if "CUDAExecutionProvider" in available_providers():
         pytest.skip("onnxruntime has a CUDA execution provider here: the GPU bench would run for real")
@@ -130,8 +123,8 @@ def test_gpu_script_without_a_gpu_installs_nothing_and_exits_0():
 def test_reference_ransac_on_exact_data_recovers_the_pose():
     torch = pytest.importorskip("torch")
     pytest.importorskip("cse_train")
-    from cse_pose_ros.core.metrics import rotation_error_deg
-    from cse_pose_ros.testing import random_rotation
+    from cse_pose.core.metrics import rotation_error_deg
+    from cse_pose.core.rotation import random_rotation
     from cse_train.reference_pipeline import reference_ransac_umeyama
 
     rng = np.random.default_rng(7)
@@ -217,7 +210,7 @@ def test_backend_rows_use_the_node_defaults(bench):
 def test_crop_planes_out_buffer_and_input_dtype_do_not_change_the_result():
     """The pipeline crops uint8 RGB straight into its float32 batch buffer (``out=``): same numbers as a
     float crop of the same image (crop_image itself is checked against torch in test_core_geometry)."""
-    from cse_pose_ros.core.crop import CropBox, crop_planes
+    from cse_pose.core.crop import CropBox, crop_planes
 
     rng = np.random.default_rng(3)
     image = (rng.random((3, 90, 120)) * 255).astype(np.uint8)

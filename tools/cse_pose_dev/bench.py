@@ -9,7 +9,7 @@ that load from other processes hits them alike:
   one intra-op thread; TorchScript CPU; CUDA EP, TensorRT FP16 and TorchScript CUDA when present; on request
   ``ort-cpu-2t`` / ``ort-cpu-2t-nospin``: 2 threads with onnxruntime's spinning pool / without):
   the node's frame path without DDS input: ``sensor_msgs`` messages -> decode (``image_to_numpy``,
-  ``decode_depth``, instance ids) -> :class:`~cse_pose_ros.pipeline.PosePipeline` (crop, model,
+  ``decode_depth``, instance ids) -> :class:`~cse_pose.pipeline.PosePipeline` (crop, model,
   select, lift, solve, pose) -> message build (PoseStamped, PoseArray, MarkerArray with the mesh
   decimated as the node does, parameter ``mesh_marker_max_faces``, diagnostics) -> rclpy ``publish`` on
   a node without subscribers.
@@ -22,7 +22,7 @@ initialisation exported with ``cse_train.export`` into a temporary folder (the h
 network's *compute* does not depend on its weights, but what the solver gets does: random weights give
 garbage correspondences and drive our RANSAC to its worst case (every hypothesis drawn). By default
 (``--correspondences oracle``) the network runs (and is timed) and then the downstream stages of both
-pipelines receive the match and confidence of the oracle model of ``cse_pose_ros.testing`` (exact
+pipelines receive the match and confidence of the oracle model of ``cse_pose_dev.oracle`` (exact
 correspondences of the rendered frame) with ``--outlier-ratio`` of the cells replaced by random canonical
 points and ``--match-noise`` added, like a trained network's output; the oracle's own run is excluded from
 the timings. ``--correspondences network`` passes the random network's outputs through.
@@ -190,8 +190,9 @@ def make_scene(n_objects: int, seed: int = 0, width: int = WIDTH, height: int = 
     """Render ``n_objects`` boxes in NOCS colours (the oracle's input) and wrap the frame in messages."""
     from sensor_msgs.msg import CameraInfo
 
+    from cse_pose.core.rotation import random_rotation
+    from cse_pose_dev.oracle import DEFAULT_EXTENTS, default_intrinsics, render_oracle_frame
     from cse_pose_ros.conversions import numpy_to_image
-    from cse_pose_ros.testing import DEFAULT_EXTENTS, default_intrinsics, random_rotation, render_oracle_frame
 
     rng = np.random.default_rng(seed + 101 * n_objects)
     K = default_intrinsics(width, height, F_PX)
@@ -263,7 +264,7 @@ def prepare_models(models_dir: Path, out_dir: Path, category: str, config: str, 
 
 def oracle_model(files: ModelFiles, out_dir: Path, category: str, crop_size: int, grid_size: int) -> Path:
     """The oracle ONNX for (S, G), written once into ``out_dir``."""
-    from cse_pose_ros.testing import write_oracle_model
+    from cse_pose_dev.oracle import write_oracle_model
 
     key = (crop_size, grid_size)
     if key not in files.oracle:
@@ -384,11 +385,10 @@ class NodeMethod:
     def __init__(
         self, label: str, model: Any, publishers: Publishers, category: str, mesh_max_faces: int | None = None
     ) -> None:
+        from cse_pose.display import DisplayMeshes, neutral_vertices
+        from cse_pose.pipeline import PipelineParams, PosePipeline
         from cse_pose_ros.diagnostics import FrameStats
-        from cse_pose_ros.markers import DisplayMeshes
-        from cse_pose_ros.node import neutral_vertices
         from cse_pose_ros.params import spec
-        from cse_pose_ros.pipeline import PipelineParams, PosePipeline
 
         self.label = label
         self.model = model
@@ -404,8 +404,8 @@ class NodeMethod:
         self._k_cache: tuple[Any, np.ndarray] | None = None
 
     def _intrinsics(self, info: Any, w: int, h: int) -> np.ndarray:
+        from cse_pose.core.camera import scale_intrinsics
         from cse_pose_ros.conversions import camera_info_to_K
-        from cse_pose_ros.core.camera import scale_intrinsics
 
         key = (bytes(np.asarray(info.k, np.float64)), info.width, info.height, w, h)
         if self._k_cache is None or self._k_cache[0] != key:
@@ -415,11 +415,11 @@ class NodeMethod:
 
     def run(self, scene: Scene) -> dict[str, float]:
         """One frame, decode to publish. Returns ms per stage of :data:`STAGES` and ``e2e``."""
+        from cse_pose.core.camera import decode_depth
+        from cse_pose.instances import instance_classes
         from cse_pose_ros import diagnostics as diag
         from cse_pose_ros.conversions import image_to_numpy
-        from cse_pose_ros.core.camera import decode_depth
         from cse_pose_ros.markers import build_marker_array, pose_array, pose_stamped
-        from cse_pose_ros.node import instance_classes
 
         extra0 = getattr(self.model, "extra_ms", 0.0)
         rgb_msg, depth_msg, mask_msg, info_msg = scene.msgs
@@ -493,8 +493,8 @@ class ReferenceMethod:
         self.pipeline = pipeline
 
     def run(self, scene: Scene) -> dict[str, float]:
+        from cse_pose.instances import instance_classes
         from cse_pose_ros.conversions import camera_info_to_K, image_to_numpy
-        from cse_pose_ros.node import instance_classes
 
         rgb_msg, depth_msg, mask_msg, info_msg = scene.msgs
         t0 = time.perf_counter()
@@ -770,7 +770,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def available_backends(requested: str) -> tuple[list[str], list[str]]:
     """(backends to run, notes on those skipped) for ``--backends``."""
-    from cse_pose_ros.inference import available_providers
+    from cse_pose.inference import available_providers
 
     providers = available_providers()
     wanted = list(AUTO_BACKENDS) if requested == "auto" else [b.strip() for b in requested.split(",") if b.strip()]
@@ -790,7 +790,7 @@ def available_backends(requested: str) -> tuple[list[str], list[str]]:
 def ort_options(backend: str) -> tuple[str, dict[str, Any]]:
     """(``load_model`` backend, its onnxruntime keyword arguments) of a :data:`BACKENDS` row, the node's
     defaults filled in."""
-    from cse_pose_ros.inference import OnnxOptions
+    from cse_pose.inference import OnnxOptions
     from cse_pose_ros.params import spec
 
     kind, threads, spinning = BACKENDS[backend]
@@ -807,7 +807,7 @@ def _say(text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    from cse_pose_ros.inference import available_providers
+    from cse_pose.inference import available_providers
 
     if args.require_cuda and "CUDAExecutionProvider" not in available_providers():
         print(
@@ -822,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from cse_pose_ros.inference import ModelError, load_model, read_onnx_info
+    from cse_pose.inference import ModelError, load_model, read_onnx_info
 
     blas = limit_blas_threads()
     if args.torch_threads > 0:

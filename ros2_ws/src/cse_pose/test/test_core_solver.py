@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-from cse_pose_ros.core import camera, crop, priors
-from cse_pose_ros.core.correspondence import confidence_threshold, select_correspondences, upsample_grid
-from cse_pose_ros.core.errors import (
+from cse_pose.core import camera, categories, crop
+from cse_pose.core.correspondence import confidence_threshold, select_correspondences, upsample_grid
+from cse_pose.core.errors import (
     DegenerateGeometryError,
     EmptyMaskError,
     InvalidDepthError,
     InvalidInputError,
     PoseError,
 )
-from cse_pose_ros.core.metrics import (
+from cse_pose.core.metrics import (
     POSE_THRESHOLDS,
     PoseErrors,
     evaluate_pose,
@@ -23,14 +23,10 @@ from cse_pose_ros.core.metrics import (
     symmetric_iou,
     translation_error_cm,
 )
-from cse_pose_ros.core.pose import pose_from_similarity, quality_score
-from cse_pose_ros.core.solver import SolverResult, ransac_umeyama, umeyama
-
-
-def random_rotation(rng):
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q @ np.diag(np.sign(np.diag(r)))
-    return q if np.linalg.det(q) > 0 else -q
+from cse_pose.core.pose import pose_from_similarity, quality_score
+from cse_pose.core.rotation import random_rotation
+from cse_pose.core.solver import SolverResult, ransac_umeyama, umeyama
+from cse_pose_dev.oracle import ray_cast_boxes
 
 
 def similarity_problem(rng, n, noise_m=0.0, outlier_ratio=0.0):
@@ -140,19 +136,9 @@ def test_solver_bad_inputs():
 # ---------------------------------------------------------------- correspondence + pose (end to end)
 def _rendered_box_scene(R, t, half_extent_m, size=128, grid=32):
     """Exact depth + canonical coordinates of a box seen by K (ray casting), cropped like the node does."""
-    H, W = 480, 640
-    v, u = np.mgrid[0:H, 0:W]
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, float)], -1)
-    o = -R.T @ t  # camera centre in the object frame
-    d = rays @ R  # ray directions in the object frame
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1 = (-half_extent_m - o) / d
-        t2 = (half_extent_m - o) / d
-    tmin = np.nanmax(np.minimum(t1, t2), -1)
-    tmax = np.nanmin(np.maximum(t1, t2), -1)
-    hit = (tmax >= tmin) & (tmin > 0)
-    depth = np.where(hit, tmin, 0.0).astype(np.float32)  # ray z component is 1: lambda = depth
-    p_obj = o + tmin[..., None] * d
+    depth, ids, p_obj = ray_cast_boxes([(R, t, 2.0 * np.asarray(half_extent_m))], K, 640, 480)
+    hit = ids == 1
+    depth = depth.astype(np.float32)
     mask = hit
     box = crop.crop_box_from_mask(mask, size)
     canon = p_obj / np.abs(half_extent_m).max()  # canonical units: max |coord| = 1
@@ -284,4 +270,4 @@ def test_decode_then_select_ignores_nan_depth():
     corr = select_correspondences(match, np.ones((8, 8)), np.ones((16, 16)), crop.crop_image(d, box, "nearest"), box, K)
     assert np.isfinite(corr.dst).all() and np.allclose(corr.dst[:, 2], 0.7)
     assert len(corr.src) == 8 * 16
-    assert priors.CATEGORIES  # the category list is importable beside the selection
+    assert categories.CATEGORIES  # the category list is importable beside the selection

@@ -1,4 +1,4 @@
-"""The ROS-free frame pipeline (cse_pose_ros.pipeline) end to end with the oracle model on rendered frames."""
+"""The ROS-free frame pipeline (cse_pose.pipeline) end to end with the oracle model on rendered frames."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import pytest
 pytest.importorskip("onnx", reason="onnx is needed to write the oracle model")
 pytest.importorskip("onnxruntime", reason="onnxruntime runs the oracle model")
 
-from cse_pose_ros.core.crop import CropBox, crop_box_from_mask, crop_image  # noqa: E402
-from cse_pose_ros.core.errors import InvalidInputError, InvalidIntrinsicsError  # noqa: E402
-from cse_pose_ros.inference import load_model  # noqa: E402
-from cse_pose_ros.pipeline import (  # noqa: E402
+from cse_pose.core.crop import CropBox, crop_box_from_mask, crop_image  # noqa: E402
+from cse_pose.core.errors import InvalidInputError, InvalidIntrinsicsError  # noqa: E402
+from cse_pose.inference import load_model  # noqa: E402
+from cse_pose.pipeline import (  # noqa: E402
     STAGES,
     FrameResult,
     PipelineParams,
     PosePipeline,
     _window,
 )
-from cse_pose_ros.testing import (  # noqa: E402
+from cse_pose_dev.oracle import (  # noqa: E402
     DEFAULT_EXTENTS,
     OracleObject,
     default_intrinsics,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cse_pose.core.rotation import random_rotation  # noqa: F401 - part of the oracle API used by tests
+
 #: Default canonical box extents of the oracle (full lengths, max |coordinate| = 1 like a normalised prior).
 DEFAULT_EXTENTS: tuple[float, float, float] = (1.4, 2.0, 1.2)
 
@@ -235,12 +237,32 @@ def render_oracle_frame(
         (z of the hit point; ``background_depth_m`` elsewhere), instance_mask (H, W) int32 (0 = background).
     """
     objects = [_as_object((R, t, size_m)), *(_as_object(o) for o in extra_objects)]
+    depth, ids, points = ray_cast_boxes(objects, K, width, height)
+    hit = ids > 0
+    colour = np.zeros((height, width, 3))
+    for index, obj in enumerate(objects, start=1):
+        sel = ids == index
+        colour[sel] = points[sel] / obj.size_m + 0.5
+    rgb = np.clip(np.rint(colour * 255.0), 0, 255).astype(np.uint8)
+    depth = np.where(hit, depth, background_depth_m).astype(np.float32)
+    return rgb, depth, ids
+
+
+def ray_cast_boxes(objects: Sequence[OracleObject | Sequence[np.ndarray]], K: np.ndarray, width: int, height: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ray casting of oriented boxes (slab method); the nearest hit wins.
+
+    Pixel (u, v) (integer = pixel centre, as in ``core.camera``) casts the ray ``K^-1 [u, v, 1]``.
+    Returns depth_m (H, W) float64 (0 where nothing is hit), ids (H, W) int32 (1-based object index, 0 = none)
+    and points_obj (H, W, 3) float64: the hit point in its box's own frame (metres; 0 where nothing is hit).
+    """
+    objects = [_as_object(o) for o in objects]
     K = np.asarray(K, np.float64).reshape(3, 3)
     u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=0)  # (3, HW)
     rays = np.linalg.solve(K, pix)  # (3, HW), z = 1 so the ray parameter is the depth
     best = np.full(u.size, np.inf)
-    colour = np.zeros((u.size, 3))
+    points = np.zeros((u.size, 3))
     ids = np.zeros(u.size, np.int32)
     for index, obj in enumerate(objects, start=1):
         sel = _pixels_near(obj, K, width, height)
@@ -258,14 +280,12 @@ def render_oracle_frame(
         hit = (far >= near) & (near > 0) & (near < best[sel])
         if not hit.any():
             continue
-        point = origin[:, None] + near[hit][None, :] * d[:, hit]  # (3, n) in the object frame
         target = sel[hit]
-        colour[target] = (point / obj.size_m[:, None] + 0.5).T
+        points[target] = (origin[:, None] + near[hit][None, :] * d[:, hit]).T
         best[target] = near[hit]
         ids[target] = index
-    rgb = np.clip(np.rint(colour * 255.0), 0, 255).astype(np.uint8).reshape(height, width, 3)
-    depth = np.where(np.isfinite(best), best, background_depth_m).astype(np.float32).reshape(height, width)
-    return rgb, depth, ids.reshape(height, width)
+    depth = np.where(np.isfinite(best), best, 0.0).reshape(height, width)
+    return depth, ids.reshape(height, width), points.reshape(height, width, 3)
 
 
 def look_at_rotation(
@@ -287,15 +307,41 @@ def look_at_rotation(
     return np.stack([x, y, z], axis=0)
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random proper rotation (3, 3) (QR of a Gaussian matrix)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 def default_intrinsics(width: int = 640, height: int = 480, f_px: float = 600.0) -> np.ndarray:
     """A pinhole K (3, 3) with the principal point at the image centre."""
     return np.array([[f_px, 0.0, (width - 1) / 2.0], [0.0, f_px, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def table_scene(width: int = 640, height: int = 480, noise_mm_at_1m: float = 0.0, seed: int = 0,
+                wall: bool = False):
+    """Exact depth of a table (1.2 x 0.8 m, top at world y = 0) with three boxes standing on it.
+
+    World: y up. Camera 0.75 m from the table centre at 40 deg elevation; with ``wall`` a wall 25 cm behind
+    the table's far edge (from 0.7 m below to 1 m above the table top). Returns (depth_m (H, W) float32,
+    K (3, 3), gt (H, W) int32: 0 table/wall/background, 1..3 the boxes left to right in the image).
+    """
+    K = default_intrinsics(width, height, 600.0 * width / 640.0)
+    el = np.deg2rad(40.0)
+    eye = 0.75 * np.array([0.0, np.sin(el), np.cos(el)])
+    R_cw = look_at_rotation(eye, np.array([0.0, 0.0, 0.0]), up=(0.0, 1.0, 0.0))
+    boxes = [  # (centre x, z on the table, size x, y, z), all resting on y = 0
+        (-0.18, 0.02, 0.06, 0.10, 0.06),
+        (0.0, -0.05, 0.08, 0.16, 0.05),
+        (0.17, 0.06, 0.05, 0.07, 0.09),
+    ]
+    objects = [(R_cw, R_cw @ (np.array([0.0, -0.01, 0.0]) - eye), np.array([1.2, 0.02, 0.8]))]
+    for cx, cz, sx, sy, sz in boxes:
+        objects.append((R_cw, R_cw @ (np.array([cx, sy / 2, cz]) - eye), np.array([sx, sy, sz])))
+    if wall:
+        objects.append((R_cw, R_cw @ (np.array([0.0, 0.15, -0.66]) - eye), np.array([4.0, 1.7, 0.02])))
+    _, depth, ids = render_oracle_frame(*objects[0], K, width, height, extra_objects=objects[1:])
+    if noise_mm_at_1m > 0:
+        rng = np.random.default_rng(seed)
+        depth = depth + (depth > 0) * rng.normal(0.0, noise_mm_at_1m * 1e-3, depth.shape) * depth**2
+    gt = np.where((ids >= 2) & (ids <= 4), ids - 1, 0)
+    return depth.astype(np.float32), K, gt
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (0 when both are empty)."""
+    return float((a & b).sum() / max((a | b).sum(), 1))

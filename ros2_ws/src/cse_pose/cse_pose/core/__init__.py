@@ -1,8 +1,9 @@
 """ROS-free, torch-free geometry core of cse_pose (numpy only).
 
-Modules, one per stage of the data flow (DESIGN section 3):
+Modules, one per stage of the data flow:
 ``camera`` (intrinsics, depth decoding, back-projection), ``crop`` (the reference crop and its maps),
-``priors`` (category prior meshes, symmetry, frame conventions), ``correspondence`` (confidence
+``categories`` (category names, symmetry, the published object frame), ``rotation`` (quaternions,
+interpolation, sampling), ``correspondence`` (confidence
 threshold, selection, lifting), ``solver`` (weighted Umeyama + vectorised RANSAC), ``pose`` (the
 published pose, size and quality) and ``metrics`` (the paper's evaluation). Errors live in ``errors``.
 """
