@@ -1,6 +1,6 @@
 """Architecture configuration of the CSE network (model facts only; loss weights live elsewhere).
 
-Every size here comes from the reference brief (``reference-brief.md`` §1, §2.2–2.4, §3.6). Two named
+Every size here comes from the reference implementation (docs/reference.md §1, §2.2–2.4, §3.6). Two named
 presets exist:
 
 - ``paper``: S = 256 crop, G = 64 correspondence grid (the published model).
@@ -114,7 +114,7 @@ CONFIGS: dict[str, ModelConfig] = {
     "small": ModelConfig(name="small", crop_size=128, grid_size=32, resnet_widths=(32, 64, 128, 256)),
 }
 
-# Reference per-category 6D-rotation offsets (x_offset, y_offset) of the pose regressor (brief §3.6).
+# Reference per-category 6D-rotation offsets (x_offset, y_offset) of the pose regressor (docs/reference.md §3.6).
 # Categories without an entry (e.g. "can") use zeros.
 ROTATION_OFFSETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "bottle": ((0.1, 0.0, 0.0), (0.0, 0.1, -0.1)),

@@ -1,4 +1,4 @@
-"""Export of the CSE inference graph to ONNX (the model contract, DESIGN §4) and TorchScript.
+"""Export of the CSE inference graph to ONNX (the model contract, docs/reference.md §D4) and TorchScript.
 
 Graph: :class:`cse_train.model.ExportWrapper`, inputs ``rgb`` float32 [B,3,S,S] in [0,1] and ``mask``
 float32 [B,1,G,G]; outputs ``vertices`` [B,N,3], ``match`` [B,G,G,3], ``confidence`` [B,G,G]; dynamic

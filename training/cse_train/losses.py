@@ -1,14 +1,14 @@
 """Self-supervised training losses of CSE, as pure functions of plain tensors.
 
-Every loss of reference-brief §3.5 is one function here; none depends on the model or renderer modules,
+Every loss of docs/reference.md §3.5 is one function here; none depends on the model or renderer modules,
 only on the tensors they produce (shapes documented per function). Conventions:
 
 - Column vectors: ``p_cam = s * R @ p_obj + t``; camera frame OpenCV optical (x right, y down, z forward).
 - NDC crop coordinates in [-1, 1]: x = column, y = row; cell ``j`` of an ``n``-grid has centre
   ``(j + 0.5) / (n / 2) - 1``; flattening is row-major (``index = row * n + col``).
-- ``K_ndc`` [B,3,3] = ``[[f_x, 0, c_x], [0, f_y, c_y], [0, 0, 1]]`` in NDC units (brief §0, §2.6):
+- ``K_ndc`` [B,3,3] = ``[[f_x, 0, c_x], [0, f_y, c_y], [0, 0, 1]]`` in NDC units (docs/reference.md §0, §2.6):
   ``u_ndc = f_x * X / Z + c_x``, ``v_ndc = f_y * Y / Z + c_y``.
-- Canonical units: the prior mesh normalised to max |coord| = 1 (brief §1.8); rendered depth is in
+- Canonical units: the prior mesh normalised to max |coord| = 1 (docs/reference.md §1.8); rendered depth is in
   canonical units, ground-truth depth in any metric unit (the depth loss is scale invariant).
 
 Every function returns a scalar tensor (batch-averaged) unless stated otherwise. "Detached" in a
@@ -52,7 +52,7 @@ __all__ = [
 
 _MASK_FILL = -1e5  # logit given to masked-out cells (reference value)
 
-# Training-time symmetry type per category (brief §3.6 `symmetry_idx`): 'y' = rotations about the y axis,
+# Training-time symmetry type per category (docs/reference.md §3.6 `symmetry_idx`): 'y' = rotations about the y axis,
 # 'mirror_x' = {I, diag(-1, 1, 1)}, None = identity only. `can` is not in the reference; it is y-symmetric
 # like bottle. (The evaluation-time symmetry in cse_pose.core.priors.SYMMETRY is 'y' or None only.)
 SYMMETRY_TYPES: dict[str, str | None] = {
@@ -106,7 +106,7 @@ def project_ndc(points_cam: Tensor, K_ndc: Tensor, min_depth: float = 1e-6) -> T
 
     Args:
         points_cam: [B,N,3] camera frame (x right, y down, z forward), any unit.
-        K_ndc: [B,3,3] NDC intrinsics (brief §0).
+        K_ndc: [B,3,3] NDC intrinsics (docs/reference.md §0).
         min_depth: z is clamped to at least this (same unit as points) to avoid division by zero.
 
     Returns:
@@ -165,14 +165,14 @@ def mask_loss(
     squared difference is taken at the coarse level and then upsampled, as the reference does.
 
     Default: the intended 2-D pyramid (pools rows and columns). ``reference_width_only=True`` reproduces
-    the reference quirk (brief §3.5): the reference passes [B,H,W] tensors to ``F.interpolate``, which
+    the reference quirk (docs/reference.md §3.5): the reference passes [B,H,W] tensors to ``F.interpolate``, which
     treats them as 1-D signals and only downsamples the width. Default False.
 
     Args:
         alpha: [B,H,W] rendered silhouette in [0,1] (gradient flows into it).
         mask: [B,H,W] observed object mask (0/1; not differentiated).
         num_levels: pyramid levels (reference 5).
-        level_weight: weight of each level (reference 0.2).
+        level_weight: weight of each level (reference: 0.2).
         reference_width_only: reproduce the width-only pyramid of the reference code.
 
     Returns:
@@ -201,7 +201,7 @@ def mask_loss(
 
 
 def texture_loss(rgb: Tensor, mask: Tensor, render_rgb: Tensor, render_alpha: Tensor) -> Tensor:
-    """Texture (RGB) reconstruction loss of the reference (brief §3.5).
+    """Texture (RGB) reconstruction loss of the reference (docs/reference.md §3.5).
 
     ``L = 0.75 * mean_px sum_c (I*M - T*alpha)^2 + mean_px mean_c |I_w - T|`` with ``I_w = I*M + (1 - M)``
     (the image on a white background, matching the soft-texture renderer's white background).
@@ -233,7 +233,7 @@ def depth_loss(
     clamp: float = 1.0,
     detach_gamma: bool = False,
 ) -> Tensor:
-    """Scale-invariant depth loss (brief §3.5).
+    """Scale-invariant depth loss (docs/reference.md §3.5).
 
     ``gamma = mean(D_r over rendered silhouette) / mean(D_gt over mask & D_gt>0)``;
     ``d = D_r - gamma * D_gt`` on ``mask & silhouette & D_gt > 0`` (0 elsewhere);
@@ -253,7 +253,8 @@ def depth_loss(
         batch_gamma: one gamma for the whole batch (reference quirk).
         alpha_threshold: silhouette threshold on alpha.
         clamp: per-pixel cap on d^2 (reference 1).
-        detach_gamma: stop the gradient through gamma (default off, as the brief describes no detach).
+        detach_gamma: stop the gradient through gamma (default off: the reference does not detach it,
+            docs/reference.md §3.5).
 
     Returns:
         scalar.
@@ -287,7 +288,7 @@ def instance_cycle_2d3d_loss(
     mask: Tensor,
     alpha_threshold: float = 0.0,
 ) -> Tensor:
-    """Instance cycle 2D -> 3D ("match" loss, brief §3.5).
+    """Instance cycle 2D -> 3D ("match" loss, docs/reference.md §3.5).
 
     ``L = mean_px || up(match) - X_r ||_2 * [alpha > thr & M]`` over all B*H*W pixels, where ``up`` is nearest
     upsampling of the per-cell 3-D match to the render resolution and ``X_r`` is the rendered canonical
@@ -324,7 +325,7 @@ def instance_cycle_3d2d_loss(
     visibility: Tensor,
     scale: Tensor | float = 1.0,
 ) -> Tensor:
-    """Instance cycle 3D -> 2D ("imatch" loss, brief §3.5).
+    """Instance cycle 3D -> 2D ("imatch" loss, docs/reference.md §3.5).
 
     ``L = mean_{b,n} || imatch_n - proj(s * R @ sg(v_n) + t) ||_2 * sg(w_n)`` with ``proj`` the NDC pinhole
     projection (:func:`project_ndc`) and ``sg`` stop-gradient.
@@ -383,7 +384,7 @@ def cross_cycle_loss(
     tau: float = 10.0,
     vis_threshold: float = 0.5,
 ) -> Tensor:
-    """Cross-instance / cross-time 4-step cycle (brief §3.5 "DINO cross-instance / cross-time cycle").
+    """Cross-instance / cross-time 4-step cycle (docs/reference.md §3.5 "DINO cross-instance / cross-time cycle").
 
     Forward (3-D) map from the model, on the matcher grid g x g (p = g*g cells):
     ``A_mesh,src = softmax_p(tau * S_src)`` (src cells off ``mask_src`` get logit -1e5) times
@@ -415,7 +416,7 @@ def cross_cycle_loss(
         src_xy_ndc: [B,k,2] matched source NDC locations (from the 2-D matcher).
         valid: [B,k] bool, which pairs count.
         tau: softmax temperature (reference 10).
-        vis_threshold: vertices with visibility below this are dropped (reference 0.5).
+        vis_threshold: vertices with visibility below this are dropped (reference: 0.5).
 
     Returns:
         scalar.
@@ -480,7 +481,7 @@ def rotation_cycle_loss(
     tau: float = 10.0,
     grid: int = 32,
 ) -> Tensor:
-    """Auxiliary rotation cycle (brief §3.5): 2-D correspondences between an image and its rotated copy.
+    """Auxiliary rotation cycle (docs/reference.md §3.5): 2-D correspondences between an image and its rotated copy.
 
     Both feature maps are nearest-downsampled to ``grid`` (reference 64 -> 32), masks likewise (legacy
     nearest). ``S[t, s] = f_rot[t] . f_src[s]``, src cells off ``mask_src`` get logit -1e5;
@@ -527,7 +528,7 @@ def rotation_cycle_loss(
 
 
 def symmetry_transforms(category: str, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Symmetry transforms of a category for the symmetry loss (brief §3.6), canonical frame (y up).
+    """Symmetry transforms of a category for the symmetry loss (docs/reference.md §3.6), canonical frame (y up).
 
     - y-symmetric (bottle, bowl, can): 17 rotations about y by ``k * 360/17`` degrees, k = 0..16 (k=0: I).
     - mirror-symmetric (laptop, mug): ``{I, diag(-1, 1, 1)}`` (mirror x).
@@ -597,7 +598,7 @@ def symmetry_loss(
     generator: torch.Generator | None = None,
     max_pair_elements: int = 1 << 25,
 ) -> Tensor:
-    """Symmetry loss (brief §3.5): one-sided Chamfer from vertices to transformed surface samples.
+    """Symmetry loss (docs/reference.md §3.5): one-sided Chamfer from vertices to transformed surface samples.
 
     For every transform ``T_j``: sample ``num_samples`` surface points of the mesh (fresh samples per
     transform, area weighted), transform them ``q = T_j @ p``, and take for each vertex the squared distance
@@ -665,7 +666,7 @@ def uniform_laplacian(
 
 
 def laplacian_loss(vertices: Tensor, laplacian: Tensor, rest_vertices: Tensor | None = None) -> Tensor:
-    """Laplacian smoothness ("triangle") loss (brief §3.5).
+    """Laplacian smoothness ("triangle") loss (docs/reference.md §3.5).
 
     ``L = (N / 64) * mean_b sum_{n, xyz} (L_u @ (v_b - v_rest))^2``, ``L_u`` the uniform Laplacian of the prior
     faces. With ``rest_vertices=None`` (the reference) ``v_rest = 0``: the mesh itself is smoothed, which is

@@ -1,4 +1,4 @@
-"""2-D matchers for the cross-instance / cross-time cycle loss (reference-brief §3.5, DESIGN §7).
+"""2-D matchers for the cross-instance / cross-time cycle loss (docs/reference.md §3.5 and §D7).
 
 A matcher gives the backward (2-D) map of the 4-step cycle: for a (src, tgt) image pair it picks ``k`` target
 grid cells and, for each, a matched source location. :func:`cse_train.losses.cross_cycle_loss` consumes the
@@ -101,7 +101,7 @@ def _check_inputs(src_rgb: Tensor, tgt_rgb: Tensor, src_mask: Tensor, tgt_mask: 
 def select_cycle_consistent(
     sim: Tensor, src_mask: Tensor, tgt_mask: Tensor, k: int, grid: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The reference's pair selection from a cell similarity (brief §3.5).
+    """The reference's pair selection from a cell similarity (docs/reference.md §3.5).
 
     ``sim`` is masked to -1e5 unless both cells are on their objects; ``bw[t] = argmax_s sim[s, t]``,
     ``fw[s] = argmax_t sim[s, t]``; cycle distance ``|| grid[fw[bw[t]]] - grid[t] ||`` (NDC), 1e5 for target
@@ -133,7 +133,7 @@ def select_cycle_consistent(
 
 
 class DinoMatcher(Matcher):
-    """DINO ViT-S/8 matcher (the reference's, brief §3.5).
+    """DINO ViT-S/8 matcher (the reference's, docs/reference.md §3.5).
 
     The crops are resized to ``8 * grid`` pixels (256 for grid 32, as the reference), fed **without** ImageNet
     normalisation (reference quirk; ``imagenet_normalize=True`` to change it), and the keys of block ``block``

@@ -1,4 +1,4 @@
-"""The CSE network in torch (reference brief §1, §2.2–2.4), its export wrapper and checkpoint helpers.
+"""The CSE network in torch (docs/reference.md §1, §2.2–2.4), its export wrapper and checkpoint helpers.
 
 Data flow for one batch (B images, N prior vertices, G x G grid, P = G * G cells, C = feat_dim):
 
@@ -127,7 +127,7 @@ class ResNet18Trunk(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def freeze_bn_affine(self) -> None:
-        """Set ``requires_grad=False`` on every BatchNorm weight and bias (reference §1.2)."""
+        """Set ``requires_grad=False`` on every BatchNorm weight and bias (docs/reference.md §1.2)."""
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.requires_grad_(False)
@@ -263,7 +263,7 @@ def _upsample2(x: Tensor) -> Tensor:
 
 
 class TopDownDecoder(nn.Module):
-    """Top-down fusion decoder of the reference (brief §1.3), stopping at the level of the given stride.
+    """Top-down fusion decoder of the reference (docs/reference.md §1.3), stopping at the level of the given stride.
 
     For stride 4 (both presets): upconv5 (512->256) on up(conv5), iconv4 on [., conv4] (512->256),
     upconv4 (256->128) on up, iconv3 on [., conv3] (256->128), upconv3 (128->64) on up, iconv2 on
@@ -303,7 +303,7 @@ class TopDownDecoder(nn.Module):
 
 
 class ShapeDeformer(nn.Module):
-    """Coordinate MLP of the reference (brief §1.5): per vertex, [xyz (3), code (code_dim)] -> offset (3).
+    """Coordinate MLP of the reference (docs/reference.md §1.5): per vertex, [xyz (3), code (code_dim)] -> offset (3).
 
     Layers: ``layer1`` Linear (3+code)->hidden (no activation), ``layers_xyz`` Linear hidden->hidden + ReLU,
     ``fc_feat`` Linear hidden->hidden + ReLU, ``layers_dir`` Linear hidden->hidden2 + ReLU, ``fc_rgb``
@@ -359,7 +359,7 @@ class ShapeDeformer(nn.Module):
 
 
 class MeshEncoder(nn.Module):
-    """Tiny PointNet of the reference (brief §1.6). vertices [B,N,3] -> unit features [B,N,C] (>= 0).
+    """Tiny PointNet of the reference (docs/reference.md §1.6). vertices [B,N,3] -> unit features [B,N,C] (>= 0).
 
     STN: ``stn.conv1`` point-wise 3->hidden + ReLU, max over vertices, ``stn.fc`` hidden->9, + identity
     -> T [B,3,3]; ``x = v @ T`` (row form as the reference); ``conv1`` point-wise 3->C + ReLU; L2 normalise.
@@ -387,7 +387,7 @@ class MeshEncoder(nn.Module):
 
 
 def rotation_from_6d(a: Tensor, b: Tensor) -> Tensor:
-    """Column-form rotation from two raw 3-vectors (reference 6D scheme, brief §1.4).
+    """Column-form rotation from two raw 3-vectors (reference 6D scheme, docs/reference.md §1.4).
 
     x = a/|a|, z = (x × b)/|.|, y = (z × x)/|.|; the reference's ``R_row`` has x, y, z as columns, so the
     column-form R = R_row^T has them as rows. a, b [B,3] -> R [B,3,3], det +1.
@@ -399,7 +399,7 @@ def rotation_from_6d(a: Tensor, b: Tensor) -> Tensor:
 
 
 class PoseRegressor(nn.Module):
-    """Pose head (brief §1.4): global feature [B,512] -> R [B,3,3] (column form), t [B,3] (canonical units).
+    """Pose head (docs/reference.md §1.4): global feature [B,512] -> R [B,3,3] (column form), t [B,3] (canonical units).
 
     Rotation: ``rot_pred_layer`` = layers x (Linear + LeakyReLU(0.1)) 512->128->..., init N(0, 0.02) / 0,
     then Linear 128->6 (default init); 6D -> matrix with the per-category ``x_offset``/``y_offset``.
@@ -481,7 +481,7 @@ def correspondence_maps(sim: Tensor, tau: float) -> tuple[Tensor, Tensor]:
 def cycle_confidence(
     match: Tensor, vertices: Tensor, imatch: Tensor, grid: Tensor, alpha: float = 5.0
 ) -> Tensor:
-    """2D->3D->2D cycle confidence (brief §2.4) without the B x P x N x 3 difference tensor.
+    """2D->3D->2D cycle confidence (docs/reference.md §2.4) without the B x P x N x 3 difference tensor.
 
     n*(p) = argmin_n ||match_p - v_n||^2 = argmin_n (||v_n||^2 - 2 match_p . v_n) (the ||match_p||^2 term
     is constant per cell and dropped), e(p) = ||g_p - imatch[n*(p)]|| (NDC), conf = exp(-alpha e).
@@ -509,7 +509,7 @@ class CorrespondenceOutput:
 
 
 class Correspondence(nn.Module):
-    """Dense 2D<->3D correspondence on the G x G grid (brief §1.7, §2.3, §2.4). Holds the NDC grid [P,2]."""
+    """Dense 2D<->3D correspondence on the G x G grid (docs/reference.md §1.7, §2.3, §2.4). Holds the NDC grid [P,2]."""
 
     def __init__(self, grid_size: int, tau: float = 10.0, mask_fill: float = -1e5, alpha: float = 5.0) -> None:
         super().__init__()
@@ -575,7 +575,7 @@ class CSEOutput:
 
 
 class CSENet(nn.Module):
-    """The CSE network for one category (brief §1).
+    """The CSE network for one category (docs/reference.md §1).
 
     Args:
         cfg: architecture configuration.
@@ -758,7 +758,7 @@ class CSENet(nn.Module):
         return counts
 
     def metadata(self, training_data: str = "", version: str = "") -> dict[str, str]:
-        """The model-contract metadata (DESIGN §4), every value a string."""
+        """The model-contract metadata (docs/reference.md §D4), every value a string."""
         return {
             "contract": CONTRACT,
             "category": self.category,

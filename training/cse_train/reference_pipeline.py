@@ -1,6 +1,6 @@
 """The reference-equivalent inference pipeline: the peer that ``make bench`` measures our node against.
 
-It does per frame what the authors' tester does per image (reference brief §2), in eager torch, on the
+It does per frame what the authors' tester does per image (docs/reference.md §2), in eager torch, on the
 device the model sits on:
 
 1. **crop** (§2.1): box from the instance mask (integer centre and half-sizes), each half-size enlarged by
@@ -19,7 +19,7 @@ device the model sits on:
    norms about the origin, ``StopT = PassT / 100``, 100 iterations of 5-point Umeyama (indices drawn with
    replacement), each scored by the 2-norm of all point residuals under the *transposed* rotation (the
    inherited quirk), the lowest residual wins, final Umeyama on its inliers; inlier ratio < 0.1 -> no
-   pose. Umeyama uses torch's unbiased variance for the scale (brief §2.7).
+   pose. Umeyama uses torch's unbiased variance for the scale (docs/reference.md §2.7).
 6. **pose** (§2.8): metres, box of the deformed mesh in the published frame (base rotation B), box
    centre translation.
 
@@ -78,7 +78,7 @@ OutputsHook = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 # ----------------------------------------------------------------------------------------------------
-# crop (brief §2.1)
+# crop (docs/reference.md §2.1)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -92,7 +92,7 @@ class RefCrop:
         depth_mm: [S,S] float32 raw depth units (mm), legacy-nearest resampled, 0 = invalid.
         center: (cx, cy) integer box centre, original pixels.
         half: (lx, ly) enlarged integer half-sizes, original pixels.
-        K_ndc: [3,3] float32 crop intrinsics in NDC (brief §0).
+        K_ndc: [3,3] float32 crop intrinsics in NDC (docs/reference.md §0).
     """
 
     rgb: Tensor
@@ -173,7 +173,7 @@ def reference_crop(
 
 
 # ----------------------------------------------------------------------------------------------------
-# confidence, selection and lifting (brief §2.4-2.6)
+# confidence, selection and lifting (docs/reference.md §2.4-2.6)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -219,7 +219,7 @@ def reference_lift(uv: Tensor, z_mm: Tensor, K_ndc: Tensor, size: int) -> Tensor
 
 
 # ----------------------------------------------------------------------------------------------------
-# Umeyama + RANSAC (brief §2.7)
+# Umeyama + RANSAC (docs/reference.md §2.7)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -269,7 +269,7 @@ def reference_ransac_umeyama(
     iterations: int = REF_RANSAC_ITERATIONS,
     generator: torch.Generator | None = None,
 ) -> RefFit | None:
-    """The NOCS aligner's RANSAC around :func:`reference_umeyama` (brief §2.7), in torch.
+    """The NOCS aligner's RANSAC around :func:`reference_umeyama` (docs/reference.md §2.7), in torch.
 
     Args:
         src: [n,3] canonical points. dst: [n,3] camera points (mm).
@@ -310,7 +310,7 @@ def reference_ransac_umeyama(
 
 
 # ----------------------------------------------------------------------------------------------------
-# pose (brief §2.8)
+# pose (docs/reference.md §2.8)
 # ----------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """Differentiable soft rasteriser with SoftRas semantics, in plain torch (CPU and GPU).
 
-The reference trains with SoftRas (Liu et al. 2019), a CUDA-only extension (reference brief §3.4). This
+The reference trains with SoftRas (Liu et al. 2019), a CUDA-only extension (docs/reference.md §3.4). This
 module reproduces its forward model for the four renderers the reference uses:
 
 - per face ``f`` and pixel ``p``: ``D_f(p) = sigmoid(δ · d²(p, f) / σ)``, ``d`` the 2D distance from the
@@ -107,7 +107,7 @@ class RenderSettings:
         return self.sigma * math.log(1.0 / self.dist_eps - 1.0)
 
 
-# The four renderers of the reference (brief §3.4).
+# The four renderers of the reference (docs/reference.md §3.4).
 MASK = RenderSettings(sigma=1e-4, gamma=1e-4, aggregation="hard", background=0.0)
 DEPTH = RenderSettings(sigma=1e-4, gamma=1e-4, aggregation="softmax", background=1.0)
 SOFT_TEXTURE = RenderSettings(sigma=1e-3, gamma=1e-2, aggregation="softmax", background=1.0)
@@ -767,7 +767,8 @@ def vertex_visibility(
     rate: float = 5.0,
     near: float = 1e-2,
 ) -> Tensor:
-    """Soft per-vertex visibility ``w_vis = exp(−rate · relu(z_vertex − z_rendered))`` (brief §3.4), detached.
+    """Soft per-vertex visibility ``w_vis = exp(−rate · relu(z_vertex − z_rendered))`` (docs/reference.md §3.4),
+    detached.
 
     ``z_rendered`` is the rendered front depth bilinearly interpolated at the vertex's projection, using only
     neighbouring pixels that a face covers (depth > 0). A vertex whose projection falls on no covered pixel

@@ -11,9 +11,9 @@ hinge runs along x with the base in the xz-plane and the lid rising from the bac
 camera lens points to +z. The category names and symmetry live in the runtime's
 ``cse_pose.core.categories`` (re-exported here). Hence the base rotation from our prior frame to the
 published frame is the identity; ``REFERENCE_BASE_ROTATION`` holds the proper rotations for the authors' ``.obj`` priors
-(reference brief section 7.4).
+(docs/reference.md §7.4).
 
-Normalisation (reference brief section 1.8): vertex centroid at the origin, max |coordinate| = 1.
+Normalisation (docs/reference.md §1.8): vertex centroid at the origin, max |coordinate| = 1.
 """
 
 from __future__ import annotations
@@ -404,7 +404,7 @@ def base_rotation(category: str, source: str = "procedural") -> np.ndarray:
     """Rotation B (3, 3), ``v_pub = B @ v``, from a prior's frame to the published object frame.
 
     ``source='procedural'`` (our priors, already in the published frame): identity.
-    ``source='reference'`` (the authors' .obj priors): the proper rotations of reference brief section 7.4.
+    ``source='reference'`` (the authors' .obj priors): the proper rotations of docs/reference.md §7.4.
     """
     check_category(category)
     if source == "procedural":

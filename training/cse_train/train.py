@@ -1,12 +1,12 @@
-"""Self-supervised training of one CSE category model (reference brief §3), readable top to bottom.
+"""Self-supervised training of one CSE category model (docs/reference.md §3), readable top to bottom.
 
-One step, for a video-major batch of B = V videos x F frames crops (brief §3.1):
+One step, for a video-major batch of B = V videos x F frames crops (docs/reference.md §3.1):
 
 1. colour jitter (torch, per image; the loader gives clean crops) -> ``model(rgb, mask_G, K_ndc)``;
-2. render the deformed prior with the *regressed* pose (brief §3.3-3.4): one DEPTH render (soft alpha,
+2. render the deformed prior with the *regressed* pose (docs/reference.md §3.3-3.4): one DEPTH render (soft alpha,
    soft depth, hard canonical coordinates = ``match_gt``) and one SOFT_TEXTURE render of the per-vertex
    colours sampled at ``imatch``; per-vertex visibility from the rendered depth;
-3. every loss of brief §3.5 (``cse_train.losses``) with the scheduled weights ``weights_at(category, step,
+3. every loss of docs/reference.md §3.5 (``cse_train.losses``) with the scheduled weights ``weights_at(category, step,
    total)``: mask, texture, depth, instance cycles 2D->3D / 3D->2D, cross-time cycle through the 2-D matcher
    (FlowMatcher, or DINO which also enables the cross-instance pairs), auxiliary rotation cycle, symmetry,
    Laplacian, deformation, pull-far; with ``supervision='synthetic-gt'`` also the supervised correspondence
@@ -441,7 +441,7 @@ class LossModule(nn.Module):
                      hard_attributes=out.vertices.detach())
         visibility = vertex_visibility(v_cam.detach(), geo.depth.detach(), K_r, rate=5.0)  # [B,N]
 
-        # 3. losses (brief §3.5)
+        # 3. losses (docs/reference.md §3.5)
         if "mask" in on:
             terms["mask"] = L.mask_loss(geo.alpha, mask_r)
         if "depth" in on:
@@ -526,7 +526,7 @@ class LossModule(nn.Module):
 
 
 def build_param_groups(model: CSENet, category: str, base_lr: float) -> list[dict[str, Any]]:
-    """The five AdamW groups of brief §3.7 (names :data:`weights.PARAM_GROUPS`, peak LRs per category).
+    """The five AdamW groups of docs/reference.md §3.7 (names :data:`weights.PARAM_GROUPS`, peak LRs per category).
 
     Only parameters with ``requires_grad`` (frozen BN affine excluded); every trainable parameter is in
     exactly one group.

@@ -1,6 +1,6 @@
 """The one configuration of loss weights, weight schedules, optimiser, clipping and NaN policy.
 
-All numbers are the reference's (reference-brief §3.5-3.7, ``config/<cat>_wild6d/base_config.txt``) unless
+All numbers are the reference's (docs/reference.md §3.5-3.7, ``config/<cat>_wild6d/base_config.txt``) unless
 marked "ours". Loss names (the keys of :func:`weights_at`) match the functions of :mod:`cse_train.losses`:
 
 ========================  =====================================  ==========================  ============
@@ -20,7 +20,7 @@ key                       loss function                          reference flag 
 ``synthetic_gt``          ``synthetic_gt_correspondence_loss``   (ours, 1.0; synthetic-gt)   constant
 ========================  =====================================  ==========================  ============
 
-Schedules are linear in the step over ``total_steps`` (brief §3.7): decaying weights go from ``w`` to
+Schedules are linear in the step over ``total_steps`` (docs/reference.md §3.7): decaying weights go from ``w`` to
 ``decay_ratio * w`` (0.1), rising ones from ``decay_ratio * w`` to ``w``. The reference's unused
 ``camera_wt`` (0.005, camera loss off) and ``flatten`` loss are not listed.
 
@@ -81,7 +81,7 @@ LOSS_NAMES: tuple[str, ...] = (
 DECAYING: tuple[str, ...] = ("laplacian", "symmetry", "rotation_cycle", "cross_cycle")
 RISING: tuple[str, ...] = ("match", "imatch")
 
-# Optimiser parameter groups (brief §3.7), in the order the reference builds them.
+# Optimiser parameter groups (docs/reference.md §3.7), in the order the reference builds them.
 PARAM_GROUPS: tuple[str, ...] = ("mean_v", "pose", "shape", "features", "backbone")
 
 NAN_POLICY = "zero_all_grads"
@@ -91,7 +91,7 @@ steps (so AdamW applies weight decay and its moment decay), as the reference doe
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Peak loss weights of one category (brief §3.5-3.6). Field names = :data:`LOSS_NAMES`."""
+    """Peak loss weights of one category (docs/reference.md §3.5-3.6). Field names = :data:`LOSS_NAMES`."""
 
     mask: float = 0.15
     texture: float = 0.05
@@ -133,7 +133,7 @@ class CategoryConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW + OneCycleLR settings (brief §3.7).
+    """AdamW + OneCycleLR settings (docs/reference.md §3.7).
 
     The reference passes ``total_steps = total_iters * ngpu`` but runs only ``total_iters`` steps per process
     (with 2 GPUs the cycle stops at its midpoint, ~54 % of peak LR). Ours: ``total_steps`` = the steps we run,
@@ -154,7 +154,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """Gradient clipping after backward (brief §3.7): max L2 norms.
+    """Gradient clipping after backward (docs/reference.md §3.7): max L2 norms.
 
     ``mean_v``: each parameter of the group separately; ``shape``: all shape parameters jointly (code Linear +
     deformation MLP); ``pose``: the pose head jointly. ``features`` and ``backbone`` are not clipped.
@@ -170,7 +170,7 @@ OPTIM = OptimConfig()
 CLIP = ClipConfig()
 
 # (rotation_cycle = cycle_loss_wt, cross_cycle = cycle_loss_pretrain_wt, vert_lr_ratio, cam_lr_ratio,
-#  symmetry, settings taken from) -- brief §3.6
+#  symmetry, settings taken from) -- docs/reference.md §3.6
 _Row = tuple[float, float, float, float, str | None, str]
 _CATEGORY_TABLE: dict[str, _Row] = {
     "bottle": (0.02, 0.05, 0.1, 0.1, "y", "bottle"),
@@ -231,7 +231,7 @@ def weights_at(category: str, step: int, total_steps: int) -> dict[str, float]:
 
 
 def param_group_lrs(category: str, base_lr: float = OPTIM.base_lr) -> dict[str, float]:
-    """Peak learning rate of each optimiser group (:data:`PARAM_GROUPS`) for ``category`` (brief §3.7)."""
+    """Peak learning rate of each optimiser group (:data:`PARAM_GROUPS`) for ``category`` (docs/reference.md §3.7)."""
     cfg = category_config(category)
     return {
         "mean_v": cfg.vert_lr_ratio * base_lr,
@@ -272,7 +272,7 @@ def clip_gradients(
     model_param_groups: Mapping[str, Iterable[torch.Tensor]] | Sequence[Mapping[str, Any]],
     clip: ClipConfig = CLIP,
 ) -> dict[str, float]:
-    """Clip gradients in place as the reference (brief §3.7).
+    """Clip gradients in place as the reference (docs/reference.md §3.7).
 
     ``mean_v``: every parameter to norm ``clip.mean_v`` separately; ``shape``: jointly to ``clip.shape``;
     ``pose``: jointly to ``clip.pose``. Other groups are left alone; missing groups are skipped.

@@ -1,4 +1,4 @@
-"""Video-major batch sampler (reference brief 3.1)."""
+"""Video-major batch sampler (docs/reference.md §3.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""REAL275 loader on a tiny fixture written here in the exact on-disk format (reference brief 4.3)."""
+"""REAL275 loader on a tiny fixture written here in the exact on-disk format (docs/reference.md §4.3)."""
 
 from __future__ import annotations
 

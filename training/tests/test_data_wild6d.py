@@ -1,4 +1,4 @@
-"""Wild6D loader on a tiny fixture written here in the exact on-disk format (reference brief 4.1-4.2)."""
+"""Wild6D loader on a tiny fixture written here in the exact on-disk format (docs/reference.md §4.1-4.2)."""
 
 from __future__ import annotations
 

@@ -443,7 +443,7 @@ def test_synthetic_gt_correspondence_loss():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_category_table_matches_brief():
+def test_category_table_matches_the_reference():
     cfg = {c: W.category_config(c) for c in W.CATEGORIES}
     assert cfg["bottle"].weights.cross_cycle == 0.05 and cfg["bowl"].weights.cross_cycle == 0.005
     assert cfg["laptop"].weights.rotation_cycle == 0.01 and cfg["camera"].weights.rotation_cycle == 0.02

@@ -196,7 +196,7 @@ def test_parameter_counts_match_the_reference():
 
 
 def direct_cycle_confidence(match, vertices, imatch, grid, alpha=5.0):
-    """Slow reference (brief §2.4): explicit [B,N,P,3] difference tensor, argmin over vertices."""
+    """Slow reference (docs/reference.md §2.4): explicit [B,N,P,3] difference tensor, argmin over vertices."""
     diff = vertices[:, :, None, :] - match[:, None, :, :]  # [B,N,P,3]
     nearest = diff.norm(dim=-1).argmin(dim=1)  # [B,P]
     back = torch.stack([imatch[b, nearest[b]] for b in range(match.shape[0])])  # [B,P,2]

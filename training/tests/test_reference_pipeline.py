@@ -1,5 +1,5 @@
 """The reference-equivalent peer of ``make bench`` (cse_train.reference_pipeline): its Umeyama and RANSAC
-(brief §2.7), crop (§2.1), selection and lifting (§2.4-2.6) against our numpy core, and the whole pipeline
+(docs/reference.md §2.7), crop (§2.1), selection and lifting (§2.4-2.6) against our numpy core, and the whole pipeline
 with the oracle correspondences of ``cse_pose_dev.oracle``."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_umeyama_is_exact_up_to_the_unbiased_variance_quirk():
     s_hat, R_hat, t_hat = reference_umeyama(src, dst)
     n = len(src)
     np.testing.assert_allclose(R_hat.numpy(), R, atol=1e-9)
-    # torch's unbiased variance: the scale comes out (n - 1) / n of the truth (brief section 2.7)
+    # torch's unbiased variance: the scale comes out (n - 1) / n of the truth (docs/reference.md §2.7)
     assert float(s_hat) == pytest.approx(s * (n - 1) / n, rel=1e-9)
     # t = mean(dst) - s_hat R mean(src) with the biased scale
     np.testing.assert_allclose(
@@ -182,7 +182,7 @@ def test_pipeline_with_oracle_correspondences_is_least_squares_and_near_the_trut
     for inst, (R, t, _) in zip((first, second), objects, strict=True):
         assert inst.reason is None and inst.n_pairs > 500 and inst.inlier_ratio == 1.0
         # The 100-iteration RANSAC with its ~1 m threshold ends as least squares on every selected pair
-        # (brief section 2.7): redo the selection and compare with our plain Umeyama.
+        # (docs/reference.md §2.7): redo the selection and compare with our plain Umeyama.
         crop = reference_crop(rgb, ids == inst.instance_id, depth_mm, K, size=64)
         mask_g = torch.nn.functional.interpolate(crop.mask[None, None], size=(16, 16), mode="nearest")
         match, conf = oracle_hook(crop.rgb[None].numpy(), mask_g.numpy())
@@ -196,7 +196,7 @@ def test_pipeline_with_oracle_correspondences_is_least_squares_and_near_the_trut
         assert inst.scale_m == pytest.approx(lsq.scale * (n - 1) / n, rel=1e-4)
         np.testing.assert_allclose(inst.t_origin_m, lsq.t, atol=2e-4)
         # ... which, with no outlier rejection, legacy-nearest depth and the object border cells of a
-        # 16-cell grid, lands degrees and millimetres off the truth (brief section 7.4)
+        # 16-cell grid, lands degrees and millimetres off the truth (docs/reference.md §7.4)
         assert rotation_error_deg(inst.R, R) < 15.0
         assert np.linalg.norm(inst.t_origin_m - t) < 0.02
         assert inst.scale_m == pytest.approx(k, rel=0.1)

@@ -147,7 +147,7 @@ def _render_np(vertices: np.ndarray, faces: np.ndarray, settings: RenderSettings
 
 # --------------------------------------------------------------------------------------------- tests
 def test_settings_match_reference_table() -> None:
-    """Brief §3.4: sigma, gamma, aggregation, background of the four SoftRas renderers."""
+    """docs/reference.md §3.4: sigma, gamma, aggregation, background of the four SoftRas renderers."""
     assert (MASK.sigma, MASK.gamma, MASK.aggregation, MASK.background) == (1e-4, 1e-4, "hard", 0.0)
     assert (DEPTH.sigma, DEPTH.gamma, DEPTH.aggregation, DEPTH.background) == (1e-4, 1e-4, "softmax", 1.0)
     assert (SOFT_TEXTURE.sigma, SOFT_TEXTURE.gamma, SOFT_TEXTURE.aggregation) == (1e-3, 1e-2, "softmax")

@@ -1,4 +1,4 @@
-"""Video-major batch sampling (reference brief section 3.1).
+"""Video-major batch sampling (docs/reference.md §3.1).
 
 Each batch holds ``videos_per_batch`` videos drawn at random (with replacement, as the reference) and
 ``frames_per_video`` frames of each: the video's frames are split into that many equal segments and one

@@ -1,7 +1,7 @@
 """Crop items shared by the Wild6D, synthetic and REAL275 loaders (torch tensors out).
 
 Every dataset item is one object instance in one frame, cropped exactly as the reference (reference
-brief section 2.1 through ``core.crop``): box from the mask (Wild6D / synthetic) or from the annotated
+docs/reference.md §2.1 through ``core.crop``): box from the mask (Wild6D / synthetic) or from the annotated
 2D box (REAL275), each half-size enlarged by its own factor (so the crop is stretched to a square),
 RGB bilinear, mask and depth nearest, zero padding.
 

@@ -1,4 +1,4 @@
-"""NOCS REAL275 loader, exactly as the reference reads it (reference brief section 4.3).
+"""NOCS REAL275 loader, exactly as the reference reads it (docs/reference.md §4.3).
 
 - ``root`` = one split directory (``real_train`` / ``real_test``) of scene folders; list lines are
   scene indices into the sorted ``os.listdir(root)`` (default: every scene).

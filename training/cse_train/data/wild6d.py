@@ -1,4 +1,4 @@
-"""Wild6D loaders (train and test), exactly as the reference reads the data (reference brief 4.1-4.2).
+"""Wild6D loaders (train and test), exactly as the reference reads the data (docs/reference.md §4.1-4.2).
 
 Also reads our synthetic videos, which ``synthetic.generate`` writes in the same layout
 (``FORMAT.md``); their extras (``scene.json``) are used for ground truth when no pkl annotation exists.
@@ -13,7 +13,7 @@ Also reads our synthetic videos, which ``synthetic.generate`` writes in the same
 - ``metadata`` K is stored column-major; it is used with the JPEG's pixel grid as-is (no rescaling by
   ``w``/``h``, like the reference).
 - Crops: box from the mask; per-axis enlargement U(1.2, 1.5) for training, 1.35 for test.
-- Ground-truth rotations: the reference brief (7.4) suspects Wild6D's annotations of being improper
+- Ground-truth rotations: the docs/reference.md (§7.4) suspects Wild6D's annotations of being improper
   (det = -1, a flipped y axis). With ``fix_improper_gt=True`` (default) an improper ``R`` is replaced by
   ``R @ diag(1, -1, 1)`` (proper, y up) and the item carries ``gt_improper = True``.
 """
@@ -36,7 +36,7 @@ from .common import draw_enlarge, make_item
 
 __all__ = ["TEST_ENLARGE", "TRAIN_ENLARGE", "Wild6DDataset", "Wild6DVideo"]
 
-#: Per-axis crop enlargement: training range U(low, high) and the fixed test factor (reference 2.1/3.2).
+#: Per-axis crop enlargement: training range U(low, high) and the fixed test factor (docs/reference.md §2.1/3.2).
 TRAIN_ENLARGE: tuple[float, float] = (1.2, 1.5)
 TEST_ENLARGE = 1.35
 

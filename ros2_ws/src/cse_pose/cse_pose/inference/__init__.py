@@ -1,4 +1,4 @@
-"""Model runtimes behind one interface (DESIGN section 4).
+"""Model runtimes behind one interface (docs/reference.md §D4).
 
 ``load_model(path, backend)`` returns an :class:`InferenceBackend` whose ``run(rgb_crops, masks)``
 maps (B,3,S,S) RGB crops and (B,1,G,G) grid masks to vertices (B,N,3), match (B,G,G,3) and

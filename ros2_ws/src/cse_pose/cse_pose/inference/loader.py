@@ -116,7 +116,7 @@ def load_model(
 
 
 def find_models(model_dir: str | Path, suffix: str = ".onnx") -> dict[str, Path]:
-    """Map category -> model file for every ``<category><suffix>`` in ``model_dir`` (DESIGN section 4).
+    """Map category -> model file for every ``<category><suffix>`` in ``model_dir`` (docs/reference.md §D4).
 
     The file name gives the category; the metadata inside stays authoritative (:func:`load_models`
     checks that both agree).

@@ -1,4 +1,4 @@
-"""The model contract (DESIGN section 4): metadata, input/output names and shapes, and their checks.
+"""The model contract (docs/reference.md §D4): metadata, input/output names and shapes, and their checks.
 
 An exported model is one file per category. Its ONNX ``metadata_props`` (or, for TorchScript, the
 ``metadata.json`` extra file) carry everything the node needs; nothing comes from side configuration.
@@ -53,7 +53,7 @@ class ProviderError(ModelError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model file says about itself (DESIGN section 4).
+    """What a model file says about itself (docs/reference.md §D4).
 
     Attributes:
         category: object category, e.g. ``"mug"``.
