@@ -1,12 +1,23 @@
-"""Evaluation of a trained model on a test split through the node's own code path (DESIGN §7).
+"""Evaluation of a trained model on a test split through the node's own code path (docs/reference.md §D7).
 
 Per frame the full-frame :class:`cse_pose.pipeline.PosePipeline` runs exactly as in the node: reference
 crop (``core.crop``) -> model (ONNX / TorchScript via ``cse_pose.inference.load_model``, or a torch
 checkpoint through :class:`CheckpointBackend`, the same graph as the export) -> confidence selection
 (``core.correspondence``) -> RANSAC-Umeyama (``core.solver``) -> published pose (``core.pose``). The pose is
-compared with the ground truth by ``core.metrics.evaluate_pose`` (y-symmetric categories by
-``priors.is_symmetric``) and aggregated by ``core.metrics.summarize`` (IoU25, IoU50, 5°2cm, 5°5cm, 10°2cm,
-10°5cm, median errors); a frame without a pose counts as a miss (reference behaviour: failures count).
+compared with the ground truth by ``core.metrics.evaluate_pose`` and aggregated by ``core.metrics.summarize``
+(IoU25, IoU50, IoU75, 5°2cm, 5°5cm, 10°2cm, 10°5cm, median errors); a frame without a pose counts as a miss
+(reference behaviour: failures count).
+
+Protocol of the field (NOCS, used by the paper): bottle, bowl and can are scored as y-symmetric
+(``priors.is_symmetric``); so is a mug whose handle is not visible in the frame (``EvalFrame.handle_visible``
+False, recorded by our synthetic generator; unknown = visible). Besides the metrics over every pose
+(``EvalReport.summary``), each report has the metrics a user of the node meets (``EvalReport.published``:
+only trusted poses, ``quality >= min_quality``, count; an untrusted pose is a failure) with the share of
+frames published, and for mugs the metrics by handle visibility and by the side (left / right in the image)
+the visible handle is on (``EvalReport.by_handle``).
+
+Every baseline crops the target with the pipeline's own per-instance crop (``cse_pose.core.crop.crop_instance``
+with the same :class:`~cse_pose.pipeline.PipelineParams`), so the inputs differ only where the modes do.
 
 One function, :func:`evaluate`, with an :class:`EvalMode` selecting the baselines (:data:`BASELINES`):
 
@@ -19,7 +30,7 @@ name                 correspondences solver     what it measures
                                                 rendered vs observed depth
 ``umeyama_all``      model           umeyama    plain least-squares Umeyama on every masked pixel with depth,
                                                 no confidence filter or weights (what the reference's no-op
-                                                RANSAC amounts to, brief §2.7)
+                                                RANSAC amounts to, docs/reference.md §2.7)
 ``gt_correspondences`` gt            ransac     ground-truth canonical points per grid cell + the same solver:
                                                 upper bound of the correspondence format
 ==================== =============== ========== ===============================================================
@@ -44,9 +55,9 @@ import numpy as np
 import torch
 
 from cse_pose.core.camera import backproject
-from cse_pose.core.crop import crop_box_from_mask, crop_image, crop_intrinsics, crop_to_image, downsample_mask
+from cse_pose.core.crop import InstanceCrop, crop_instance, crop_intrinsics, downsample_mask
 from cse_pose.core.errors import InvalidDepthError, PoseError
-from cse_pose.core.metrics import METRIC_NAMES, evaluate_pose, summarize
+from cse_pose.core.metrics import METRIC_NAMES, PoseErrors, evaluate_pose, summarize
 from cse_pose.core.pose import ObjectPose, pose_from_similarity
 from cse_pose.core.solver import SolverResult
 from cse_pose.inference.backend import ModelOutputs, check_inputs, empty_outputs
@@ -63,14 +74,22 @@ __all__ = [
     "EvalMode",
     "EvalReport",
     "GTCorrespondenceBackend",
+    "HANDLE_GROUPS",
     "OnnxPoseHead",
+    "PUBLISHED_SUFFIX",
     "TorchPoseHead",
     "UniformConfidence",
+    "crop_frame",
     "evaluate",
+    "format_handle_table",
     "format_table",
+    "handle_line",
+    "handle_side",
+    "has_published_row",
     "load_eval_model",
     "real275_frames",
     "run_evaluation",
+    "table_rows",
     "wild6d_frames",
 ]
 
@@ -128,6 +147,8 @@ class EvalFrame:
         instance_mask: (H, W) uint8, 1 = the evaluated object, 0 = anything else.
         K: (3, 3) intrinsics in pixels.
         R_gt: (3, 3) published object frame -> camera; t_gt: (3,) box centre, metres; size_gt: (3,) metres.
+        handle_visible: for a mug, whether its handle is visible (our synthetic ground truth); None = not
+            recorded (real data, splits generated before it was), scored as visible.
     """
 
     name: str
@@ -138,14 +159,32 @@ class EvalFrame:
     R_gt: np.ndarray
     t_gt: np.ndarray
     size_gt: np.ndarray
+    handle_visible: bool | None = None
+
+
+def _handle_visibility(dataset: Any, video_index: int, cache: dict[int, dict[int, bool]]) -> dict[int, bool]:
+    """Frame index -> ``handle_visible`` of the target from a video's ``scene.json`` (empty when absent)."""
+    if video_index not in cache:
+        from .data import wild6d_format as fmt
+
+        scene = fmt.read_scene_json(dataset.videos[video_index].path)
+        found: dict[int, bool] = {}
+        for fr in (scene or {}).get("frames", []):
+            target = fr["instances"][0] if fr.get("instances") else {}
+            if "handle_visible" in target:
+                found[int(fr["index"])] = bool(target["handle_visible"])
+        cache[video_index] = found
+    return cache[video_index]
 
 
 def wild6d_frames(dataset: Any) -> Iterator[EvalFrame]:
     """Full frames of a ``Wild6DDataset(split='test')`` (ours or real Wild6D), in dataset order.
 
-    Ground truth comes from the dataset's items (so its improper-rotation fix applies); frames whose mask
-    is empty are skipped (nothing to evaluate; the reference would crash on them).
+    Ground truth comes from the dataset's items (so its improper-rotation fix applies); a mug's handle
+    visibility from our ``scene.json`` when it records one. Frames whose mask is empty are skipped (nothing to
+    evaluate; the reference would crash on them).
     """
+    handles: dict[int, dict[int, bool]] = {}
     for idx in range(len(dataset)):
         video_index, position = dataset.index[idx]
         try:
@@ -163,6 +202,7 @@ def wild6d_frames(dataset: Any) -> Iterator[EvalFrame]:
             R_gt=item["R"].numpy().astype(np.float64),
             t_gt=item["t"].numpy().astype(np.float64),
             size_gt=item["size"].numpy().astype(np.float64),
+            handle_visible=_handle_visibility(dataset, video_index, handles).get(vid.frames[position]),
         )
 
 
@@ -189,6 +229,16 @@ def real275_frames(dataset: Any) -> Iterator[EvalFrame]:
             t_gt=item["t"].numpy().astype(np.float64),
             size_gt=item["size"].numpy().astype(np.float64),
         )
+
+
+def crop_frame(frame: EvalFrame, size: int, params: PipelineParams, with_rgb: bool = False) -> InstanceCrop:
+    """The pipeline's crop of the evaluated target (``core.crop.crop_instance`` with ``params``' enlargement,
+    depth sampling and depth range), for the baselines that need the crop outside the pipeline."""
+    return crop_instance(
+        np.asarray(frame.instance_mask) == _TARGET_ID, frame.depth_m, size, rgb=frame.rgb if with_rgb else None,
+        enlarge=params.enlarge, depth_sampling=params.depth_sampling, min_depth_m=params.min_depth_m,
+        max_depth_m=params.max_depth_m,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,9 +296,10 @@ _BOX_FACES = np.array(
 class GTCorrespondenceBackend:
     """Ground-truth "model": per grid cell the mean object-frame point (metres) of its valid pixels.
 
-    Call :meth:`set_frame` before each frame. ``run`` recomputes the pipeline's crop of the target (same
-    box, same nearest resampling and depth validity), lifts every masked crop pixel with depth to the
-    camera (original K) and into the published object frame with the GT pose, and averages per cell.
+    Call :meth:`set_frame` before each frame. ``run`` recomputes the pipeline's crop of the target
+    (:func:`crop_frame`: the same box, resampling and depth validity), lifts every selectable crop pixel with
+    depth where the pipeline lifts it (``InstanceCrop.lift_coordinates``, original K) into the published
+    object frame with the GT pose, and averages per cell (``last_crop`` keeps the crop).
     Confidence is 1 on cells with data, 0 elsewhere; the "deformed prior" is the GT box's 8 corners, so the
     pose's box is the GT box when the fit is exact (canonical units = metres, base rotation I).
 
@@ -269,6 +320,7 @@ class GTCorrespondenceBackend:
         self.name = "ground-truth"
         self.params = params
         self._frame: EvalFrame | None = None
+        self.last_crop: InstanceCrop | None = None
 
     def set_frame(self, frame: EvalFrame) -> None:
         self._frame = frame
@@ -280,16 +332,11 @@ class GTCorrespondenceBackend:
         rgb, _ = check_inputs(self.info, rgb_crops, masks)
         if rgb.shape[0] != 1:
             raise ValueError("GTCorrespondenceBackend evaluates one instance per frame")
-        S, G, p = self.info.crop_size, self.info.grid_size, self.params
-        inst = np.asarray(f.instance_mask) == _TARGET_ID
-        box = crop_box_from_mask(inst, S, p.enlarge)
-        mask_c = crop_image(inst, box, "nearest")
-        depth_c = crop_image(np.asarray(f.depth_m, np.float32), box, "nearest")
-        with np.errstate(invalid="ignore"):
-            ok = mask_c & (depth_c >= p.min_depth_m) & (depth_c <= p.max_depth_m)
-        v, u = np.nonzero(ok)
-        x, y = crop_to_image(u, v, box)
-        p_obj = (backproject(x, y, depth_c[v, u], f.K) - f.t_gt) @ f.R_gt  # R^T (p - t), (n, 3)
+        S, G = self.info.crop_size, self.info.grid_size
+        crop = self.last_crop = crop_frame(f, S, self.params)
+        v, u = np.nonzero(crop.select_mask & (crop.depth_crop_m > 0))
+        x, y = crop.lift_coordinates(u, v)
+        p_obj = (backproject(x, y, crop.depth_crop_m[v, u], f.K) - f.t_gt) @ f.R_gt  # R^T (p - t), (n, 3)
         cell = (v * G // S) * G + (u * G // S)
         count = np.bincount(cell, minlength=G * G).astype(np.float64)
         sums = np.stack([np.bincount(cell, weights=p_obj[:, i], minlength=G * G) for i in range(3)], -1)
@@ -360,32 +407,28 @@ class OnnxPoseHead:
 def pose_head_pose(head: TorchPoseHead | OnnxPoseHead, frame: EvalFrame, params: PipelineParams) -> ObjectPose:
     """Pose from the network's regressor (training-only head) for the target of ``frame``.
 
-    Crop as the pipeline; the head gives R, t (canonical units, camera frame) and the deformed prior; ``t_xy``
-    gets the crop-centre shift ``- (c_ndc / f_ndc) t_z`` of the crop intrinsics (as ``model(rgb, mask, K_ndc)``
-    does in training). Metric scale ``s = median(observed depth) / median(rendered depth)`` over pixels both
-    on the observed mask and on the rendered silhouette (else over the mask against ``t_z``); the pose is
-    then the similarity ``p_cam = s (R v + t)`` through ``core.pose.pose_from_similarity``.
+    Crop as the pipeline (:func:`crop_frame`); the head gives R, t (canonical units, camera frame) and the
+    deformed prior; ``t_xy`` gets the crop-centre shift ``- (c_ndc / f_ndc) t_z`` of the crop intrinsics (as
+    ``model(rgb, mask, K_ndc)`` does in training). Metric scale ``s = median(observed depth) / median(rendered
+    depth)`` over pixels both on the selection mask with valid depth and on the rendered silhouette (else over
+    the mask against ``t_z``); the pose is then the similarity ``p_cam = s (R v + t)`` through
+    ``core.pose.pose_from_similarity``.
 
     Raises:
         PoseError: empty mask / no valid depth.
     """
     from cse_pose.core.crop import intrinsics_to_ndc
-
-    from .data.raster import RasterMesh, rasterize
+    from cse_pose.core.raster import RasterMesh, rasterize
 
     S, G = head.crop_size, head.grid_size
-    inst = np.asarray(frame.instance_mask) == _TARGET_ID
-    box = crop_box_from_mask(inst, S, params.enlarge)
-    rgb_c = crop_image(frame.rgb, box, "bilinear") / np.float32(255.0)
-    mask_c = crop_image(inst, box, "nearest")
-    depth_c = crop_image(np.asarray(frame.depth_m, np.float32), box, "nearest")
-    with np.errstate(invalid="ignore"):
-        valid = mask_c & (depth_c >= params.min_depth_m) & (depth_c <= params.max_depth_m)
+    crop = crop_frame(frame, S, params, with_rgb=True)
+    depth_c = crop.depth_crop_m
+    valid = crop.select_mask & (depth_c > 0)
     if not valid.any():
         raise InvalidDepthError("no valid depth inside the instance mask")
-    K_crop = crop_intrinsics(frame.K, box)
-    rgb_in = np.ascontiguousarray(rgb_c.transpose(2, 0, 1), np.float32)[None]
-    mask_in = downsample_mask(mask_c, G).astype(np.float32)[None, None]
+    K_crop = crop_intrinsics(frame.K, crop.box)
+    rgb_in = crop.rgb[None]  # (1, 3, S, S) float32 in [0, 1], as the pipeline's batch row
+    mask_in = downsample_mask(crop.mask_crop, G).astype(np.float32)[None, None]
     R, t, verts = head.predict(rgb_in, mask_in)
     K_ndc = intrinsics_to_ndc(K_crop, S)
     t = t.copy()
@@ -417,11 +460,19 @@ class EvalReport:
 
     Attributes:
         mode: the :class:`EvalMode` name. category: evaluated category.
-        summary: ``core.metrics.summarize`` output (fractions in [0, 1], medians, ``frames``) plus
-            ``failures`` (frames without a pose) and ``ms_per_frame``.
+        summary: ``core.metrics.summarize`` output over every pose, trusted or not (fractions in [0, 1],
+            medians, ``frames``) plus ``failures`` (frames without a pose), ``published`` (share of frames
+            with a trusted pose, i.e. published by the node), ``symmetric_frames`` (frames scored as
+            y-symmetric: all for bottle/bowl/can, the handle-hidden ones for mug) and ``ms_per_frame``.
         reasons: failure reason -> count.
-        frames: per frame ``{"name", "iou", "rotation_deg", "translation_cm", "trusted", "reason", "quality"}``
-            (``quality`` = the pose's fit quality when a pose was produced).
+        frames: per frame ``{"name", "iou", "rotation_deg", "translation_cm", "trusted", "reason", "quality",
+            "symmetric"}`` (``quality`` = the pose's fit quality when a pose was produced; mugs add
+            ``handle_visible`` and ``handle_side``).
+        published: ``summarize`` with untrusted poses counted as failures (what a user of the node gets),
+            plus ``failures`` (frames without a published pose).
+        by_handle: mugs only: ``summarize`` (any pose) of the frames with the handle ``visible`` / ``hidden``
+            and of the handle-visible frames with the handle on the ``left`` / ``right`` of the box centre
+            in the image (frames without a recorded visibility count as visible).
     """
 
     mode: str
@@ -429,6 +480,8 @@ class EvalReport:
     summary: dict[str, float]
     reasons: dict[str, int] = field(default_factory=dict)
     frames: list[dict[str, Any]] = field(default_factory=list)
+    published: dict[str, float] = field(default_factory=dict)
+    by_handle: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -466,6 +519,7 @@ def evaluate(
     """
     params = params or PipelineParams()
     symmetric = priors.is_symmetric(category)
+    mug = category == "mug"
     if mode.solver == "pose_head":
         if model is None and pose_head is None:
             raise ValueError("the pose_head baseline needs the torch model or an OnnxPoseHead of the ONNX file")
@@ -490,8 +544,12 @@ def evaluate(
             params = replace(params, ransac_threshold_m=1e3, min_quality=0.0)
         pipeline = PosePipeline({category: runner}, params)
 
-    errors, records = [], []
+    errors: list[PoseErrors | None] = []
+    published: list[PoseErrors | None] = []
+    records: list[dict[str, Any]] = []
+    handle_groups: dict[str, list[int]] = {"visible": [], "hidden": [], "left": [], "right": []}
     reasons: Counter[str] = Counter()
+    n_symmetric = 0
     t0 = time.perf_counter()
     items: Iterable[EvalFrame] = frames
     if progress:
@@ -517,13 +575,25 @@ def evaluate(
                 pose, trusted, reason = inst.pose, inst.trusted, inst.reason
         except PoseError as exc:
             reason = exc.reason
-        record: dict[str, Any] = {"name": frame.name, "trusted": bool(trusted), "reason": reason}
+        # NOCS protocol: a mug whose handle cannot be seen is scored like a y-symmetric object
+        frame_symmetric = symmetric or (mug and frame.handle_visible is False)
+        n_symmetric += frame_symmetric
+        record: dict[str, Any] = {"name": frame.name, "trusted": bool(trusted), "reason": reason,
+                                  "symmetric": bool(frame_symmetric)}
+        if mug:
+            side = handle_side(frame.R_gt, frame.t_gt, frame.size_gt, frame.K)
+            record.update(handle_visible=frame.handle_visible, handle_side=side)
+            hidden = frame.handle_visible is False
+            handle_groups["hidden" if hidden else "visible"].append(len(errors))
+            if not hidden:
+                handle_groups[side].append(len(errors))
         if pose is not None:
             record["quality"] = float(pose.quality)
         err = None
         if pose is not None:
             try:
-                err = evaluate_pose(pose.R, pose.t_m, pose.size_m, frame.R_gt, frame.t_gt, frame.size_gt, symmetric)
+                err = evaluate_pose(pose.R, pose.t_m, pose.size_m, frame.R_gt, frame.t_gt, frame.size_gt,
+                                    frame_symmetric)
             except PoseError as exc:  # e.g. NaN GT size
                 reason = f"metric_error:{exc.reason}"
                 record["reason"] = reason
@@ -532,12 +602,30 @@ def evaluate(
         else:
             record.update(iou=err.iou, rotation_deg=err.rotation_deg, translation_cm=err.translation_cm)
         errors.append(err)
+        published.append(err if trusted else None)
         records.append(record)
     elapsed = time.perf_counter() - t0
     summary = summarize(errors)
     summary["failures"] = float(sum(e is None for e in errors))
+    summary["published"] = sum(r["trusted"] for r in records) / max(n, 1)
+    summary["symmetric_frames"] = float(n_symmetric)
     summary["ms_per_frame"] = 1e3 * elapsed / max(n, 1)
-    return EvalReport(mode.name, category, summary, dict(reasons), records)
+    published_summary = summarize(published)
+    published_summary["failures"] = float(sum(e is None for e in published))
+    by_handle = {}
+    if mug:
+        by_handle = {group: summarize([errors[i] for i in idx]) for group, idx in handle_groups.items()}
+    return EvalReport(mode.name, category, summary, dict(reasons), records, published_summary, by_handle)
+
+
+def handle_side(R_gt: np.ndarray, t_gt: np.ndarray, size_gt: np.ndarray, K: np.ndarray) -> str:
+    """``"left"`` or ``"right"``: the image side, relative to the box centre, of the mug handle's end of the
+    box (+x of the published object frame, ``t + R (size_x / 2, 0, 0)``), by projection with ``K``."""
+    K = np.asarray(K, np.float64)
+    centre = np.asarray(t_gt, np.float64)
+    tip = centre + 0.5 * float(size_gt[0]) * np.asarray(R_gt, np.float64)[:, 0]
+    u_centre, u_tip = (float((K @ p)[0] / (K @ p)[2]) for p in (centre, tip))
+    return "right" if u_tip >= u_centre else "left"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -547,17 +635,77 @@ def evaluate(
 _LABELS = {"5deg2cm": "5°2cm", "5deg5cm": "5°5cm", "10deg2cm": "10°2cm", "10deg5cm": "10°5cm"}
 
 
+#: Suffix of the rows that count untrusted poses as failures.
+PUBLISHED_SUFFIX = ", published"
+
+
+def has_published_row(report: EvalReport) -> bool:
+    """Whether the tables show a published-only row for ``report``: always for the node (``pipeline``), else
+    when some pose of the mode was untrusted (otherwise the row would repeat the any-pose row)."""
+    if not report.published:
+        return False
+    return report.mode == "pipeline" or report.published.get("failures") != report.summary.get("failures")
+
+
+def table_rows(report: EvalReport) -> list[tuple[str, dict[str, float]]]:
+    """(label suffix, summary) rows of one report: any pose, then published poses only (see
+    :func:`has_published_row`)."""
+    rows = [("", report.summary)]
+    if has_published_row(report):
+        rows.append((PUBLISHED_SUFFIX, report.published))
+    return rows
+
+
 def format_table(reports: Sequence[EvalReport]) -> str:
-    """Plain-text table: one row per report; metrics in %, medians in degrees / cm."""
-    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "fail", "frames", "ms/frame"]
-    head = f"{'mode':<20}" + "".join(f"{c:>9}" for c in cols)
+    """Plain-text table: per report a row over every pose and (:func:`has_published_row`) a row
+    ``<mode>, published`` counting untrusted poses as failures; metrics in %, medians in degrees / cm,
+    ``publ%`` = share of frames with a trusted (published) pose."""
+    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "fail", "publ%", "frames",
+            "ms/frame"]
+    head = f"{'mode':<30}" + "".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for r in reports:
-        s = r.summary
+        for suffix, s in table_rows(r):
+            vals = [f"{100.0 * s[n]:9.1f}" for n in METRIC_NAMES]
+            vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}"]
+            vals += [f"{int(s['failures']):9d}", f"{100.0 * r.summary.get('published', float('nan')):9.1f}",
+                     f"{int(s['frames']):9d}", f"{r.summary['ms_per_frame']:9.1f}"]
+            lines.append(f"{r.mode + suffix:<30}" + "".join(vals))
+    return "\n".join(lines)
+
+
+#: Row labels of :attr:`EvalReport.by_handle`.
+HANDLE_GROUPS: dict[str, str] = {
+    "visible": "handle visible",
+    "hidden": "handle hidden (scored y-symmetric)",
+    "left": "handle visible, left in the image",
+    "right": "handle visible, right in the image",
+}
+
+
+def handle_line(reports: Sequence[EvalReport]) -> str | None:
+    """``"mug: handle hidden in k of n frames, scored as y-symmetric (NOCS protocol)"`` (None unless mug)."""
+    if not reports or reports[0].category != "mug":
+        return None
+    s = reports[0].summary
+    return (f"mug: handle hidden in {int(s.get('symmetric_frames', 0))} of {int(s['frames'])} frames, "
+            "scored as y-symmetric (NOCS protocol)")
+
+
+def format_handle_table(report: EvalReport) -> str:
+    """Plain-text metrics (any pose) of one mug report by handle visibility and side ("" for other categories)."""
+    if not report.by_handle:
+        return ""
+    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "frames"]
+    head = f"{report.mode + ' by handle':<36}" + "".join(f"{c:>9}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for group, label in HANDLE_GROUPS.items():
+        s = report.by_handle.get(group)
+        if not s:
+            continue
         vals = [f"{100.0 * s[n]:9.1f}" for n in METRIC_NAMES]
-        vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}"]
-        vals += [f"{int(s['failures']):9d}", f"{int(s['frames']):9d}", f"{s['ms_per_frame']:9.1f}"]
-        lines.append(f"{r.mode:<20}" + "".join(vals))
+        vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}", f"{int(s['frames']):9d}"]
+        lines.append(f"{label:<36}" + "".join(vals))
     return "\n".join(lines)
 
 
@@ -651,6 +799,9 @@ def run_evaluation(
     if print_table:
         print(f"category {category}, data {data}, model {model_path}")
         print(format_table(reports))
+        if handle_line(reports):
+            print(handle_line(reports))
+            print(format_handle_table(reports[0]))
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         doc = {"model": None if model_path is None else str(model_path), "data": str(data), "category": category,

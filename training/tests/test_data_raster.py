@@ -1,4 +1,4 @@
-"""Tests of the numpy z-buffer rasteriser (cse_train.data.raster)."""
+"""Tests of the numpy z-buffer rasteriser (cse_pose.core.raster; it renders training's synthetic frames)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from cse_train.data.raster import RasterMesh, rasterize
+from cse_pose.core.raster import RasterMesh, rasterize
 from cse_train.shapes import build_shape
 
 K = np.array([[150.0, 0.0, 79.5], [0.0, 140.0, 59.5], [0.0, 0.0, 1.0]])
@@ -109,7 +109,7 @@ import os, sys, numpy as np
 os.environ["OPEN3D_CPU_RENDERING"] = "true"
 import open3d as o3d
 from cse_train.shapes import build_shape
-from cse_train.data.raster import RasterMesh, rasterize
+from cse_pose.core.raster import RasterMesh, rasterize
 W, H = 160, 120
 K = np.array([[150.0, 0, 79.5], [0, 140.0, 59.5], [0, 0, 1]])
 m = build_shape("mug", resolution=32)

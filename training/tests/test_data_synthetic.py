@@ -26,7 +26,7 @@ def _box_corners(size: np.ndarray) -> np.ndarray:
 
 
 def test_synthetic_does_not_import_torch() -> None:
-    code = "import sys, cse_train.data.synthetic, cse_train.data.raster; sys.exit('torch' in sys.modules)"
+    code = "import sys, cse_train.data.synthetic, cse_pose.core.raster; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -235,3 +235,50 @@ def test_generate_is_deterministic_across_workers_and_gt_falls_back_to_scene_jso
     from_json = Wild6DDataset(a / "can", split="test", crop_size=16)[1]
     for key in ("R", "t", "size"):
         np.testing.assert_allclose(from_json[key].numpy(), with_pkl[key].numpy(), atol=1e-6)
+
+
+def _mug_facing(handle_deg: float) -> tuple[syn.SceneSpec, np.ndarray]:
+    """A clutter-free mug scene whose handle, seen from frame 0's camera, points ``handle_deg`` degrees away
+    from the direction to the camera (0: at the camera, 180: away), and the camera's world position."""
+    import dataclasses
+
+    scene = dataclasses.replace(syn.sample_scene("mug", "test", 3, frames=(1, 1)), distractors=[])
+    eye = scene._orbit(0)[0]
+    to_cam = math.atan2(-eye[2], eye[0])  # yaw that turns the handle (+x) towards the camera
+    return dataclasses.replace(scene, yaw_deg=math.degrees(to_cam) + handle_deg), eye
+
+
+@pytest.mark.parametrize(("handle_deg", "visible"), [(180.0, False), (90.0, True), (-90.0, True), (0.0, True)])
+def test_mug_ground_truth_records_handle_visibility(handle_deg: float, visible: bool) -> None:
+    scene, eye = _mug_facing(handle_deg)
+    fr = syn.render_frame(scene, 0, 320, 240)
+    gt = fr.gt[0]
+    R = gt["R"]
+    # the construction really points the handle (object +x) towards / away from the camera
+    to_cam = -gt["t"] / np.linalg.norm(gt["t"])
+    assert np.degrees(np.arccos(np.clip(R[:, 0] @ to_cam, -1, 1))) == pytest.approx(abs(handle_deg), abs=35)
+    mug_px = int((fr.instance_mask == 1).sum())
+    print(f"handle at {handle_deg:+.0f} deg: {gt['handle_pixels']} handle px of {mug_px}")
+    assert gt["handle_visible"] is visible
+    if visible:
+        assert gt["handle_pixels"] > 0.03 * mug_px
+    else:
+        assert gt["handle_pixels"] < 0.005 * mug_px
+    assert gt["handle_pixels"] < 0.5 * mug_px  # the body is never counted as handle
+    assert 0.0 < syn.HANDLE_MIN_FRACTION < 0.05 and syn.HANDLE_MIN_PIXELS > 0
+
+
+def test_handle_visibility_is_written_for_mugs_only(tmp_path) -> None:
+    out = tmp_path / "synth"
+    syn.generate(out, "mug", "test", 1, frames=(2, 2), width=96, height=72, seed=4)
+    syn.generate(out, "bowl", "test", 1, frames=(1, 1), width=96, height=72, seed=4)
+    mug = fmt.read_scene_json(out / "mug" / "00000" / "00")
+    scene = syn.SceneSpec.from_dict(mug["scene"])
+    for fr_json in mug["frames"]:
+        target = fr_json["instances"][0]
+        gt = syn.render_frame(scene, fr_json["index"], 96, 72).gt[0]
+        assert target["handle_visible"] is gt["handle_visible"]
+        assert target["handle_pixels"] == gt["handle_pixels"]
+        assert all("handle_visible" not in inst for inst in fr_json["instances"][1:])
+    bowl = fmt.read_scene_json(out / "bowl" / "00000" / "00")
+    assert all("handle_visible" not in inst for fr in bowl["frames"] for inst in fr["instances"])

@@ -187,3 +187,185 @@ def test_real275_split_through_its_loader(tmp_path: Path) -> None:
     s = reports[0].summary
     assert s["frames"] == 2 and s["failures"] == 0
     assert s["IoU50"] == 1.0 and s["5deg2cm"] == 1.0
+
+
+def test_wild6d_frames_carry_the_handle_visibility_and_old_splits_load(test_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    frames = _frames(test_root, "mug")
+    scene = json.loads((test_root / "mug" / "00000" / "00" / "scene.json").read_text())
+    recorded = {fr["index"]: fr["instances"][0]["handle_visible"] for fr in scene["frames"]}
+    assert [f.handle_visible for f in frames] == [recorded[int(f.name.split("/")[-1])] for f in frames]
+    assert all(f.handle_visible is None for f in _frames(test_root, "bowl"))
+    # a split written before the field existed: loads, visibility unknown (scored as visible)
+    old = tmp_path / "old"
+    shutil.copytree(test_root, old)
+    path = old / "mug" / "00000" / "00" / "scene.json"
+    for fr in scene["frames"]:
+        for inst in fr["instances"]:
+            inst.pop("handle_visible", None)
+            inst.pop("handle_pixels", None)
+    path.write_text(json.dumps(scene))
+    old_frames = _frames(old, "mug")
+    assert len(old_frames) == len(frames) and all(f.handle_visible is None for f in old_frames)
+    report = evaluate(old_frames, "mug", mode=BASELINES["gt_correspondences"], crop_size=128, grid_size=32)
+    assert report.summary["symmetric_frames"] == 0 and report.by_handle["hidden"]["frames"] == 0
+
+
+class _SpunGT(GTCorrespondenceBackend):
+    """Ground-truth correspondences turned by 90 degrees about the object's y (up) axis: exact for a mug whose
+    handle is hidden (NOCS scores it as y-symmetric), a 90 degree error otherwise."""
+
+    TURN = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], np.float32)
+
+    def run(self, rgb_crops: np.ndarray, masks: np.ndarray):
+        v, m, c = super().run(rgb_crops, masks)
+        return v @ self.TURN.T, m @ self.TURN.T, c
+
+
+def _fed(backend: GTCorrespondenceBackend, frames: list):
+    for f in frames:
+        backend.set_frame(f)
+        yield f
+
+
+def test_mug_with_hidden_handle_is_scored_y_symmetric(test_root: Path, capsys: pytest.CaptureFixture) -> None:
+    import dataclasses
+
+    frames = _frames(test_root, "mug")
+    spun = _SpunGT("mug", 128, 32, PipelineParams())
+    seen = [dataclasses.replace(f, handle_visible=True) for f in frames]
+    hidden = [dataclasses.replace(f, handle_visible=False) for f in frames]
+    mixed = [hidden[0], *seen[1:]]
+    r_seen = evaluate(_fed(spun, seen), "mug", backend=spun)
+    r_hidden = evaluate(_fed(spun, hidden), "mug", backend=spun)
+    r_mixed = evaluate(_fed(spun, mixed), "mug", backend=spun)
+    assert r_seen.summary["failures"] == 0 and r_seen.summary["median_rotation_deg"] > 80.0
+    assert r_seen.summary["symmetric_frames"] == 0 and r_seen.summary["10deg5cm"] == 0.0
+    assert r_hidden.summary["symmetric_frames"] == 3 and r_hidden.summary["5deg2cm"] == 1.0
+    assert all(f["symmetric"] and f["handle_visible"] is False for f in r_hidden.frames)
+    # by handle: the hidden frame is right, the visible ones are 90 degrees off; left + right = visible
+    by = r_mixed.by_handle
+    assert by["hidden"]["frames"] == 1 and by["hidden"]["5deg2cm"] == 1.0
+    assert by["visible"]["frames"] == 2 and by["visible"]["10deg5cm"] == 0.0
+    assert by["left"]["frames"] + by["right"]["frames"] == 2
+    sides = [f["handle_side"] for f in r_mixed.frames[1:]]
+    assert by["left"]["frames"] == sides.count("left")
+    doc = json.loads(json.dumps(r_mixed.to_dict()))
+    assert doc["by_handle"]["hidden"]["frames"] == 1
+    # bowl keeps its y-rotation rule on every frame
+    bowl = evaluate(_frames(test_root, "bowl"), "bowl", mode=BASELINES["gt_correspondences"], crop_size=128,
+                    grid_size=32)
+    assert bowl.summary["symmetric_frames"] == bowl.summary["frames"] and bowl.by_handle == {}
+    # the line make eval prints
+    from cse_train.evaluate import format_handle_table, handle_line
+
+    assert handle_line([r_mixed]) == "mug: handle hidden in 1 of 3 frames, scored as y-symmetric (NOCS protocol)"
+    assert handle_line([bowl]) is None and format_handle_table(bowl) == ""
+    assert "handle hidden (scored y-symmetric)" in format_handle_table(r_mixed)
+
+
+def test_handle_side_follows_the_projection() -> None:
+    from cse_train.evaluate import handle_side
+
+    K = np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]])
+    t = np.array([0.0, 0.0, 0.6])
+    size = np.array([0.12, 0.1, 0.09])
+    assert handle_side(np.eye(3), t, size, K) == "right"  # object +x = camera +x = image right
+    flip = np.diag([-1.0, 1.0, -1.0])  # turned 180 degrees about y
+    assert handle_side(flip, t, size, K) == "left"
+
+
+def test_published_rows_count_untrusted_poses_as_failures(test_root: Path) -> None:
+    frames = _frames(test_root, "mug")
+    strict = PipelineParams(min_quality=0.999999)
+    report = evaluate(frames, "mug", mode=BASELINES["gt_correspondences"], params=strict, crop_size=128,
+                      grid_size=32)
+    s, pub = report.summary, report.published
+    assert s["failures"] == 0 and s["5deg2cm"] == 1.0  # every pose is right ...
+    assert s["published"] == 0.0 and not any(f["trusted"] for f in report.frames)  # ... and none is trusted
+    assert pub["failures"] == 3 and pub["5deg2cm"] == 0.0 and pub["IoU25"] == 0.0
+    table = format_table([report])
+    assert "gt_correspondences, published" in table and "IoU75" in table and "publ%" in table
+    normal = evaluate(frames, "mug", mode=BASELINES["gt_correspondences"], crop_size=128, grid_size=32)
+    assert normal.summary["published"] == 1.0 and normal.published["5deg2cm"] == 1.0
+    assert "published" not in format_table([normal])  # identical rows are not repeated (except the node's)
+
+
+class _Recording:
+    """Wraps a backend (or pose head) and keeps the network inputs it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.info = getattr(inner, "info", None)
+        self.name = "recording"
+        self.crop_size = getattr(inner, "crop_size", None)
+        self.grid_size = getattr(inner, "grid_size", None)
+        self.faces = getattr(inner, "faces", None)
+        self.base_rotation = getattr(inner, "base_rotation", None)
+        self.inputs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def run(self, rgb, masks):
+        self.inputs.append((np.array(rgb), np.array(masks)))
+        return self.inner.run(rgb, masks)
+
+    def predict(self, rgb, mask):
+        self.inputs.append((np.array(rgb), np.array(mask)))
+        return self.inner.predict(rgb, mask)
+
+
+@pytest.mark.parametrize("depth_sampling", ["aligned", "reference"])
+def test_baselines_crop_like_the_pipeline(test_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                          depth_sampling: str) -> None:
+    """Pipeline, (a) pose head and (c) GT correspondences see the same network inputs, selection mask and
+    depth crop of every frame (one crop function, crop_instance)."""
+    import cse_pose.pipeline as pipeline_module
+    import cse_train.evaluate as ev
+    from cse_pose.core import crop as core_crop
+
+    frames = _frames(test_root, "mug")
+    params = PipelineParams(depth_sampling=depth_sampling)
+    model = CSENet.from_category("mug", get_config("small", **TINY))
+    crops: dict[str, list] = {"pipeline": [], "baseline": []}
+    selected: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def spy(where):
+        def crop_instance(*args, **kwargs):
+            out = core_crop.crop_instance(*args, **kwargs)
+            crops[where].append(out)
+            return out
+        return crop_instance
+
+    real_select = pipeline_module.select_pixels
+
+    def select_spy(match, confidence, mask_crop, depth_crop_m, *args, **kwargs):
+        selected.append((np.array(mask_crop), np.array(depth_crop_m)))
+        return real_select(match, confidence, mask_crop, depth_crop_m, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "crop_instance", spy("pipeline"))
+    monkeypatch.setattr(pipeline_module, "select_pixels", select_spy)
+    monkeypatch.setattr(ev, "crop_instance", spy("baseline"))
+
+    node = _Recording(ev.CheckpointBackend(model))
+    evaluate(frames, "mug", backend=node, params=params)
+    head = _Recording(ev.TorchPoseHead(model))
+    evaluate(frames, "mug", mode=BASELINES["pose_head"], pose_head=head, params=params)
+    gt_report = evaluate(frames, "mug", mode=BASELINES["gt_correspondences"], params=params, crop_size=64,
+                         grid_size=16)
+    n = len(frames)
+    assert len(crops["pipeline"]) == 2 * n and len(crops["baseline"]) == 2 * n  # gt: backend + pipeline
+    assert len(node.inputs) == len(head.inputs) == n and len(selected) >= 2 * n
+    for i in range(n):
+        ours, head_crop, gt_crop = crops["pipeline"][i], crops["baseline"][i], crops["baseline"][n + i]
+        for other in (head_crop, gt_crop, crops["pipeline"][n + i]):
+            assert other.box == ours.box and other.depth_sampling == depth_sampling
+            np.testing.assert_array_equal(other.mask_crop, ours.mask_crop)
+            np.testing.assert_array_equal(other.select_mask, ours.select_mask)
+            np.testing.assert_array_equal(other.depth_crop_m, ours.depth_crop_m)
+        # (a) gets exactly the pipeline's network inputs
+        np.testing.assert_array_equal(head.inputs[i][0], node.inputs[i][0])
+        np.testing.assert_array_equal(head.inputs[i][1], node.inputs[i][1])
+        # the pipeline selects on the crop it made
+        np.testing.assert_array_equal(selected[i][0], ours.select_mask)
+        np.testing.assert_array_equal(selected[i][1], ours.depth_crop_m)
+    assert gt_report.summary["failures"] == 0

@@ -1,8 +1,8 @@
 """Datasets: synthetic RGB-D videos, Wild6D, REAL275.
 
-Submodules (imported lazily so that ``cse_train.data.synthetic`` and ``raster`` stay torch-free):
+Submodules (imported lazily so that ``cse_train.data.synthetic`` stays torch-free; its z-buffer rasteriser is
+the runtime's ``cse_pose.core.raster``):
 
-- ``raster``: numpy z-buffer rasteriser (data generation only).
 - ``synthetic``: procedural RGB-D video generator (numpy + OpenCV), writes Wild6D's layout.
 - ``wild6d_format``: file names and metadata / annotation I/O of that layout (no torch).
 - ``wild6d``, ``real275``: torch ``Dataset``s of crops; ``batching``: the video-major batch sampler;
@@ -25,7 +25,6 @@ _LAZY = {
     "sample_scene": "synthetic",
     "render_frame": "synthetic",
     "generate": "synthetic",
-    "rasterize": "raster",
 }
 
 __all__ = sorted(_LAZY)

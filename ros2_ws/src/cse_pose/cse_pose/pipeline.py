@@ -28,19 +28,21 @@ import numpy as np
 
 from .core.camera import validate_intrinsics
 from .core.correspondence import lift_pixels, select_pixels
-from .core.crop import CropBox, crop_box_from_mask, crop_image, crop_planes, downsample_mask
+from .core.crop import CropBox, crop_instance, downsample_mask
 from .core.errors import InvalidInputError, PoseError
 from .core.pose import ObjectPose, pose_from_similarity
 from .core.solver import ransac_umeyama
+from .display import neutral_vertices
 from .inference.backend import InferenceBackend
 from .refine import refine_pose
 from .smoothing import PoseSmoother
+from .verify import VERIFIABLE_CATEGORIES, PriorMesh, observe, prepare_prior, verify_pose
 
 LOG = logging.getLogger(__name__)
 
 #: Timing keys of :attr:`FrameResult.timings_ms` (milliseconds, summed over instances), plus ``total``.
 #: ``select`` = confidence threshold + pixel selection, ``lift`` = back-projection into 3D-3D pairs.
-STAGES: tuple[str, ...] = ("crop", "model", "select", "lift", "solve", "pose", "refine")
+STAGES: tuple[str, ...] = ("crop", "model", "select", "lift", "solve", "pose", "verify", "refine")
 
 REASON_UNKNOWN_CATEGORY = "unknown_category"
 REASON_MODEL_ERROR = "model_error"
@@ -70,15 +72,21 @@ class PipelineParams:
             it samples ``0.5 * 2l/S`` original pixels up-left of where the bilinear RGB crop (and so the
             model's match) looks, a misregistration that tilts the fit on slanted surfaces.
             ``"aligned"`` (default): nearest with pixel-centre alignment (``floor((u + 0.5) * 2l/S)``),
-            the same points the RGB crop samples. Measured with the oracle model on 40 random poses
-            (640x480, f=600 px, objects 6-20 cm at 0.5-1 m): rotation error median 0.84 deg -> 0.08 deg,
-            p90 1.32 -> 0.33 deg, translation median 1.4 -> 1.0 mm. The network's grid mask always uses
-            the legacy nearest crop, as in training.
+            the same points the RGB crop samples, each depth lifted at the pixel it was read from
+            (``core.crop.lift_coordinates``). Measured with the oracle model on 40 random poses
+            (640x480, f=600 px, objects 6-20 cm at 0.5-1 m): rotation error median 0.86 deg -> 0.08 deg,
+            p90 1.14 -> 0.29 deg, translation median 1.46 -> 0.15 mm. The network's grid mask always uses
+            the legacy nearest crop, as in training (``core.crop.crop_instance``).
         refine: ICP-refine trusted poses against the observed depth (needs open3d).
         refine_max_distance_m, refine_iterations: ICP correspondence distance (metres) and iterations.
         smoothing_alpha: temporal smoothing weight of the previous pose per instance (0 = off); applied
             when ``process`` gets a ``stamp_s``.
         smoothing_timeout_s: an instance unseen for longer than this (stream time) restarts its smoothing.
+        verify_categories: categories whose poses are verified by render-and-compare (``verify``: the
+            solver's pose against its discrete alternatives, camera/laptop front-back flip, mug handle sweep;
+            the quality is scaled by the render score, ``verify.verified_quality``); a subset of
+            ``verify.VERIFIABLE_CATEGORIES``, empty = off (default: with the shipped models it gained on no
+            category on both make eval's split and a validation split, ``cse_pose_dev.verify_eval``).
     """
 
     min_depth_m: float = 0.1
@@ -97,9 +105,14 @@ class PipelineParams:
     refine_iterations: int = 20
     smoothing_alpha: float = 0.0
     smoothing_timeout_s: float = 1.0
+    verify_categories: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
+        object.__setattr__(self, "verify_categories", tuple(str(c) for c in self.verify_categories))
+        unknown = [c for c in self.verify_categories if c not in VERIFIABLE_CATEGORIES]
+        if unknown:
+            problems.append(f"verify_categories must be among {VERIFIABLE_CATEGORIES}, got {unknown}")
         if not 0.0 <= self.min_depth_m < self.max_depth_m:
             problems.append(f"need 0 <= min_depth_m < max_depth_m: {self.min_depth_m}, {self.max_depth_m}")
         if not 0.0 <= self.confidence_floor <= 1.0:
@@ -193,22 +206,6 @@ class _Pending:
     depth_crop: np.ndarray  # (S, S) float32 metres, 0 = invalid
 
 
-def _window(box: CropBox, width: int, height: int) -> tuple[slice, slice, CropBox]:
-    """The image window a crop reads from, and the same crop relative to that window.
-
-    The crop samples only inside ``[x0, x0 + 2 half_x) x [y0, y0 + 2 half_y)`` and zero-pads outside the
-    image, so cropping the window with the shifted box gives identical pixels while converting and
-    indexing only the window instead of the whole frame.
-    """
-    x_lo, y_lo = max(box.x0, 0), max(box.y0, 0)
-    x_hi = min(box.x0 + 2 * box.half_x, width)
-    y_hi = min(box.y0 + 2 * box.half_y, height)
-    if x_hi <= x_lo or y_hi <= y_lo:  # crop entirely outside the image (impossible for a mask box)
-        x_lo, y_lo, x_hi, y_hi = 0, 0, width, height
-    shifted = CropBox(box.center_x - x_lo, box.center_y - y_lo, box.half_x, box.half_y, box.size)
-    return slice(y_lo, y_hi), slice(x_lo, x_hi), shifted
-
-
 def _check_frame(
     rgb: np.ndarray, depth_m: np.ndarray, instance_mask: np.ndarray, K: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -242,6 +239,14 @@ class PosePipeline:
         self.models = dict(models)
         self._slots = {category: _ModelSlot(model) for category, model in self.models.items()}
         self._smoother = PoseSmoother()
+        # verification's render triangles and part labels, prepared once per verified category
+        self._priors: dict[str, PriorMesh] = {}
+        for category in self.params.verify_categories:
+            slot = self._slots.get(category)
+            if slot is not None and slot.faces is not None:
+                neutral = neutral_vertices(slot.model)
+                n = len(neutral) if neutral is not None else int(slot.model.info.num_vertices)
+                self._priors[category] = prepare_prior(slot.faces, n, neutral)
 
     def reset(self) -> None:
         """Forget the temporal state (smoothing tracks), e.g. when the input stream restarted."""
@@ -325,29 +330,18 @@ class PosePipeline:
         index: int,
         items: list[_Pending],
     ) -> CropBox:
-        """Crop one instance into the next free row of its category's batch buffers."""
+        """Crop one instance into the next free row of its category's batch buffers (``core.crop.crop_instance``,
+        the crop every evaluation baseline uses too)."""
         p = self.params
-        inst = mask == instance_id
-        box = crop_box_from_mask(inst, slot.S, p.enlarge)
-        rows, cols, local = _window(box, rgb.shape[1], rgb.shape[0])
-        mask_crop = crop_image(inst[rows, cols], local, "nearest")  # (S, S) bool, legacy: the model's input
-        if p.depth_sampling == "aligned":
-            select_mask = crop_image(inst[rows, cols], local, "nearest-exact")
-            depth_crop = crop_image(depth[rows, cols], local, "nearest-exact").astype(np.float32, copy=False)
-        else:
-            select_mask = mask_crop
-            depth_crop = crop_image(depth[rows, cols], local, "nearest").astype(np.float32, copy=False)
-        with np.errstate(invalid="ignore"):
-            valid = (depth_crop >= p.min_depth_m) & (depth_crop <= p.max_depth_m)  # NaN -> False
-        depth_crop = np.where(valid, depth_crop, np.float32(0.0))
         b = len(items)
         rgb_batch, mask_batch = slot.buffers(b + 1)
-        # RGB bilinear straight into the batch row, channel-first (= crop_image(..., "bilinear"), bit for bit)
-        rgb_row = crop_planes(rgb[rows, cols].transpose(2, 0, 1), local, out=rgb_batch[b])
-        rgb_row *= np.float32(1.0 / 255.0)
-        mask_batch[b, 0] = downsample_mask(mask_crop, slot.G)
-        items.append(_Pending(index, box, select_mask, depth_crop))
-        return box
+        crop = crop_instance(
+            mask == instance_id, depth, slot.S, rgb=rgb, rgb_out=rgb_batch[b], enlarge=p.enlarge,
+            depth_sampling=p.depth_sampling, min_depth_m=p.min_depth_m, max_depth_m=p.max_depth_m,
+        )
+        mask_batch[b, 0] = downsample_mask(crop.mask_crop, slot.G)
+        items.append(_Pending(index, crop.box, crop.select_mask, crop.depth_crop_m))
+        return crop.box
 
     def _solve(
         self,
@@ -369,7 +363,7 @@ class PosePipeline:
                     confidence_floor=p.confidence_floor, min_pairs=p.min_correspondences,
                 )
             with _timed(timings, "lift"):
-                pairs = lift_pixels(selection, match, item.depth_crop, item.box, K)
+                pairs = lift_pixels(selection, match, item.depth_crop, item.box, K, p.depth_sampling)
             with _timed(timings, "solve"):
                 fit = ransac_umeyama(
                     pairs.src, pairs.dst, pairs.weights,
@@ -381,6 +375,12 @@ class PosePipeline:
                     fit, vertices, slot.base_rotation, pairs.mean_confidence, p.ransac_threshold_m
                 )
                 result.vertices_cam = fit.apply(np.asarray(vertices, dtype=np.float64))
+            prior = self._priors.get(result.category)
+            if prior is not None:
+                with _timed(timings, "verify"):
+                    obs = observe(item.mask_crop, item.depth_crop, item.box, K, p.depth_sampling)
+                    checked = verify_pose(pose, result.vertices_cam, prior, result.category, obs)
+                    pose, result.vertices_cam = checked.pose, checked.vertices_cam
             result.pose = pose
             result.trusted = bool(pose.quality >= p.min_quality)
             result.reason = None if result.trusted else REASON_LOW_QUALITY

@@ -25,7 +25,7 @@ from cse_pose.core.metrics import (
 )
 from cse_pose.core.pose import pose_from_similarity, quality_score
 from cse_pose.core.rotation import random_rotation
-from cse_pose.core.solver import SolverResult, ransac_umeyama, umeyama
+from cse_pose.core.solver import SolverResult, ransac_bound, ransac_umeyama, umeyama
 from cse_pose_dev.oracle import ray_cast_boxes
 
 
@@ -107,6 +107,26 @@ def test_few_gross_outliers_are_removed_on_the_least_squares_path():
     plain = umeyama(src, dst)
     assert np.linalg.norm(res.t - t) < 0.25 * np.linalg.norm(plain.t - t)
     assert rotation_error_deg(res.R, R) < 0.5 * rotation_error_deg(plain.R, R)
+
+
+@pytest.mark.parametrize("noise_m", [0.0042, 0.0048, 0.0055])
+def test_outlier_free_noise_stops_at_the_ransac_bound(noise_m):
+    """No outliers, noise tails only (inlier ratio ~0.7-0.85, below the early stop): least squares is
+    hypothesis 0 and its inlier ratio bounds the random draws from the start (was: all max_hypotheses)."""
+    rng = np.random.default_rng(11)
+    src, dst, (s, R, t), _ = similarity_problem(rng, 3000, noise_m=noise_m)
+    res = ransac_umeyama(src, dst, threshold_m=0.01, max_hypotheses=1000, confidence=0.999)
+    assert 0.6 < res.inlier_ratio < 0.9, res.inlier_ratio  # the random loop really runs
+    bound = ransac_bound(res.inlier_ratio, 0.999)
+    print(f"noise {noise_m * 1e3:.1f} mm: inlier ratio {res.inlier_ratio:.3f}, {res.hypotheses} hypotheses "
+          f"(bound {bound:.1f})")
+    assert res.hypotheses <= 1 + np.ceil(1.5 * bound) + 2, (res.hypotheses, bound)
+    assert rotation_error_deg(res.R, R) < 0.5 and np.linalg.norm(res.t - t) < 0.002 and abs(res.scale / s - 1) < 0.01
+
+
+def test_ransac_bound_values():
+    assert ransac_bound(0.5, 0.99) == pytest.approx(np.log(0.01) / np.log(1 - 0.125))
+    assert ransac_bound(1.0, 0.999) == 1.0 and ransac_bound(0.0, 0.999) == float("inf")
 
 
 def test_solver_bad_inputs():
@@ -255,7 +275,7 @@ def test_evaluate_and_summarize_thresholds():
     assert e.rotation_deg == pytest.approx(7) and e.translation_cm == pytest.approx(3)
     summary = summarize([e, PoseErrors(1.0, 1.0, 1.0), None, PoseErrors(0.3, 20, 10)])
     assert summary["5deg2cm"] == 0.25 and summary["10deg5cm"] == 0.5
-    assert summary["IoU25"] == 0.75 and summary["IoU50"] == 0.5
+    assert summary["IoU25"] == 0.75 and summary["IoU50"] == 0.5 and summary["IoU75"] == 0.25  # e.iou ~0.5
     assert [n for n, _, _ in POSE_THRESHOLDS] == ["5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm"]
     with pytest.raises(InvalidInputError):
         iou_3d(np.eye(2), t, size, R, t, size)

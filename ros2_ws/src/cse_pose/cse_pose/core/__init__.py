@@ -5,7 +5,8 @@ Modules, one per stage of the data flow:
 ``categories`` (category names, symmetry, the published object frame), ``rotation`` (quaternions,
 interpolation, sampling), ``correspondence`` (confidence
 threshold, selection, lifting), ``solver`` (weighted Umeyama + vectorised RANSAC), ``pose`` (the
-published pose, size and quality) and ``metrics`` (the paper's evaluation). Errors live in ``errors``.
+published pose, size and quality), ``metrics`` (the paper's evaluation) and ``raster`` (the numpy z-buffer
+rasteriser: pose verification, synthetic data). Errors live in ``errors``.
 """
 
 from .errors import (

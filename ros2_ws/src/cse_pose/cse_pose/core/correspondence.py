@@ -1,10 +1,12 @@
 """From the model's per-cell outputs to 3D-3D pairs: confidence threshold, selection, lifting.
 
-Reference behaviour (brief sections 2.4-2.6), per instance instead of per batch: the G x G confidence
+Reference behaviour (docs/reference.md §2.4-2.6), per instance instead of per batch: the G x G confidence
 is upsampled bilinearly to the S x S crop, ``theta = min(mean confidence over the mask, floor)``; every
 crop pixel with mask, valid depth and confidence >= theta is kept; its source point is the canonical
 ``match`` of its grid cell (nearest upsampling) and its target point is its depth back-projected with the
-*original* intrinsics at the pixel's original-image coordinate (``crop.crop_to_image``).
+*original* intrinsics at the pixel's original-image coordinate (``crop.lift_coordinates``: for the
+``"aligned"`` depth sampling the original pixel the depth was read from; for ``"reference"`` the
+reference's ``crop.crop_to_image`` cell centre).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .camera import backproject
-from .crop import CropBox, crop_image, crop_to_image
+from .crop import CropBox, crop_image, lift_coordinates
 from .errors import DegenerateGeometryError, EmptyMaskError, InvalidDepthError, InvalidInputError
 
 #: Upper bound of the per-instance confidence threshold (reference: 0.5, about 17.7 px of a 256 crop).
@@ -89,7 +91,7 @@ def select_pixels(
     confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
     min_pairs: int = 3,
 ) -> PixelSelection:
-    """Confidence threshold and pixel selection (reference sections 2.4-2.5), without lifting.
+    """Confidence threshold and pixel selection (docs/reference.md §2.4-2.5), without lifting.
 
     Arguments, checks and errors as :func:`select_correspondences` (``match`` is only shape-checked here).
     Returns:
@@ -127,15 +129,23 @@ def select_pixels(
 
 
 def lift_pixels(
-    selection: PixelSelection, match: np.ndarray, depth_crop_m: np.ndarray, box: CropBox, K: np.ndarray
+    selection: PixelSelection,
+    match: np.ndarray,
+    depth_crop_m: np.ndarray,
+    box: CropBox,
+    K: np.ndarray,
+    depth_sampling: str = "reference",
 ) -> Correspondences:
-    """Selected crop pixels -> canonical/camera point pairs (reference section 2.6).
+    """Selected crop pixels -> canonical/camera point pairs (docs/reference.md §2.6).
 
     Args:
         selection: from :func:`select_pixels` on the same ``match``, depth crop and box.
         match: (G, G, 3) canonical point per grid cell (legacy-nearest upsampled to the crop).
         depth_crop_m: (S, S) depth of the crop in metres.
         box: the crop. K: (3, 3) intrinsics of the ORIGINAL image.
+        depth_sampling: how ``depth_crop_m`` was sampled (``crop.crop_instance``): ``"aligned"`` lifts each
+            depth at the original pixel it was read from; ``"reference"`` (default, the reference) at the
+            crop cell centre ``crop.crop_to_image``.
     Returns:
         ``Correspondences`` (float64 arrays).
     """
@@ -144,7 +154,7 @@ def lift_pixels(
     v, u = selection.v, selection.u
     cell = (v * G) // S, (u * G) // S  # legacy-nearest upsampling of the match grid
     src = match[cell].astype(np.float64)
-    x, y = crop_to_image(u, v, box)
+    x, y = lift_coordinates(u, v, box, depth_sampling)
     depth = np.asarray(depth_crop_m, dtype=np.float32)
     dst = backproject(x, y, depth[v, u], K)
     return Correspondences(
@@ -161,8 +171,9 @@ def select_correspondences(
     K: np.ndarray,
     confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
     min_pairs: int = 3,
+    depth_sampling: str = "reference",
 ) -> Correspondences:
-    """Confident, depth-valid crop pixels -> canonical/camera point pairs (reference sections 2.4-2.6).
+    """Confident, depth-valid crop pixels -> canonical/camera point pairs (docs/reference.md §2.4-2.6).
 
     :func:`select_pixels` followed by :func:`lift_pixels` (the node times the two separately).
 
@@ -175,10 +186,11 @@ def select_correspondences(
         K: (3, 3) intrinsics of the ORIGINAL image.
         confidence_floor: upper bound of theta.
         min_pairs: fewer selected pairs raise ``DegenerateGeometryError``.
+        depth_sampling: how the mask and depth crops were sampled (see :func:`lift_pixels`).
     Returns:
         ``Correspondences`` (float64 arrays).
     Raises:
         EmptyMaskError, InvalidDepthError, DegenerateGeometryError, InvalidInputError.
     """
     selection = select_pixels(match, confidence, mask_crop, depth_crop_m, box, confidence_floor, min_pairs)
-    return lift_pixels(selection, match, depth_crop_m, box, K)
+    return lift_pixels(selection, match, depth_crop_m, box, K, depth_sampling)

@@ -1,4 +1,4 @@
-"""The reference crop (reference brief sections 2.1 and 2.6), its intrinsics and its inverse map.
+"""The reference crop (docs/reference.md §2.1 and 2.6), its intrinsics and its inverse map.
 
 A crop is a box around the instance mask, each half-size enlarged independently (so the crop is
 *stretched* to a square, as the network was trained), resized to ``S x S``: RGB bilinear (PyTorch
@@ -11,6 +11,9 @@ Coordinate conventions, exactly as the reference:
 * crop pixel / grid cell ``u`` of an ``n``-wide crop maps back to original image coordinate
   ``x = (center - l) + (u + 0.5) * 2l / n`` (the reference does not subtract the extra half original
   pixel that an exact inverse of the resize would; this is what the network's geometry was trained with).
+
+:func:`crop_instance` is the one per-instance crop (network inputs, selection mask, depth) that the
+pipeline and every evaluation baseline use; :func:`lift_coordinates` says where its depth samples lie.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from .errors import EmptyMaskError, InvalidInputError, InvalidIntrinsicsError
 
 #: Per-axis enlargement of the mask box at test time (Wild6D; REAL275 uses 1.2).
 DEFAULT_ENLARGE = 1.35
+#: Depth sampling modes of :func:`crop_instance` -> the nearest resampling of the depth and selection mask.
+#: ``"aligned"``: ``nearest-exact``, the pixels under the points the bilinear RGB crop reads;
+#: ``"reference"``: PyTorch legacy ``nearest``, as the reference crops depth and mask.
+DEPTH_SAMPLING_INTERPOLATION: dict[str, str] = {"aligned": "nearest-exact", "reference": "nearest"}
 
 
 @dataclass(frozen=True)
@@ -182,7 +189,7 @@ def crop_planes(planes: np.ndarray, box: CropBox, out: np.ndarray | None = None)
 
 
 def crop_intrinsics(K: np.ndarray, box: CropBox) -> np.ndarray:
-    """Intrinsics (3, 3) in pixel units of the ``S x S`` crop (reference section 2.1, item 6)."""
+    """Intrinsics (3, 3) in pixel units of the ``S x S`` crop (docs/reference.md §2.1, item 6)."""
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise InvalidIntrinsicsError(f"K must be finite with positive focal lengths, got {K.tolist()}")
@@ -194,7 +201,7 @@ def crop_intrinsics(K: np.ndarray, box: CropBox) -> np.ndarray:
 
 
 def intrinsics_to_ndc(K_crop: np.ndarray, size: int) -> np.ndarray:
-    """Crop intrinsics in pixels -> NDC (reference section 0): ``f/(S/2)``, ``c/(S/2) - 1``."""
+    """Crop intrinsics in pixels -> NDC (docs/reference.md §0): ``f/(S/2)``, ``c/(S/2) - 1``."""
     K = np.asarray(K_crop, dtype=np.float64).reshape(3, 3).copy()
     h = 0.5 * size
     K[:2, :2] /= h
@@ -214,6 +221,149 @@ def crop_to_image(u: np.ndarray, v: np.ndarray, box: CropBox, n: int | None = No
     x = box.x0 + (np.asarray(u, dtype=np.float64) + 0.5) * (2.0 * box.half_x / n)
     y = box.y0 + (np.asarray(v, dtype=np.float64) + 0.5) * (2.0 * box.half_y / n)
     return x, y
+
+
+def _check_depth_sampling(depth_sampling: str) -> str:
+    if depth_sampling not in DEPTH_SAMPLING_INTERPOLATION:
+        raise InvalidInputError(
+            f"depth_sampling must be one of {tuple(DEPTH_SAMPLING_INTERPOLATION)}, got {depth_sampling!r}"
+        )
+    return DEPTH_SAMPLING_INTERPOLATION[depth_sampling]
+
+
+def lift_coordinates(
+    u: np.ndarray, v: np.ndarray, box: CropBox, depth_sampling: str = "reference"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Original-image coordinates (x, y) at which crop pixels (u, v) are back-projected.
+
+    ``"aligned"``: the centre of the original pixel whose depth the ``nearest-exact`` crop read (integer
+    coordinates), so each depth sample is lifted where it was measured. ``"reference"``: the reference's
+    cell centre :func:`crop_to_image`, although its legacy ``nearest`` crop read the depth at pixel
+    ``floor(u * 2l/S)``, up to one original pixel up-left of that point (kept as the reference does).
+
+    Args:
+        u, v: (n,) integer crop column and row indices. box: the crop.
+        depth_sampling: how the depth crop was sampled (:data:`DEPTH_SAMPLING_INTERPOLATION`).
+    Returns:
+        (x, y) float64 (n,) original-image pixel coordinates (integer = pixel centre).
+    """
+    if _check_depth_sampling(depth_sampling) == "nearest":
+        return crop_to_image(u, v, box)
+    S = box.size
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    # the index formula of _nearest_taps (offset 0.5), evaluated at the given pixels only
+    col = np.minimum(np.floor((u + 0.5) * (2.0 * box.half_x / S)).astype(np.int64), 2 * box.half_x - 1) + box.x0
+    row = np.minimum(np.floor((v + 0.5) * (2.0 * box.half_y / S)).astype(np.int64), 2 * box.half_y - 1) + box.y0
+    return col.astype(np.float64), row.astype(np.float64)
+
+
+def image_window(box: CropBox, width: int, height: int) -> tuple[slice, slice, CropBox]:
+    """The image window a crop reads from, and the same crop relative to that window.
+
+    The crop samples only inside ``[x0, x0 + 2 half_x) x [y0, y0 + 2 half_y)`` and zero-pads outside the
+    image, so cropping the window with the shifted box gives identical pixels while converting and
+    indexing only the window instead of the whole frame.
+
+    Returns:
+        (rows, cols, local): slices of the (height, width) image and the box relative to them.
+    """
+    x_lo, y_lo = max(box.x0, 0), max(box.y0, 0)
+    x_hi = min(box.x0 + 2 * box.half_x, width)
+    y_hi = min(box.y0 + 2 * box.half_y, height)
+    if x_hi <= x_lo or y_hi <= y_lo:  # crop entirely outside the image (impossible for a mask box)
+        x_lo, y_lo, x_hi, y_hi = 0, 0, width, height
+    shifted = CropBox(box.center_x - x_lo, box.center_y - y_lo, box.half_x, box.half_y, box.size)
+    return slice(y_lo, y_hi), slice(x_lo, x_hi), shifted
+
+
+@dataclass(frozen=True)
+class InstanceCrop:
+    """One instance cropped as the node crops it (:func:`crop_instance`).
+
+    Attributes:
+        box: the crop (original image pixels, ``S = box.size``).
+        mask_crop: (S, S) bool, legacy ``nearest`` as in training: the network's mask input is
+            ``downsample_mask(mask_crop, G)``.
+        select_mask: (S, S) bool, the instance mask the correspondences are selected from, resampled like
+            the depth (``depth_sampling``); ``mask_crop`` itself for ``"reference"``.
+        depth_crop_m: (S, S) float32 metres, 0 = invalid (missing, NaN, outside the depth range or outside
+            the image).
+        depth_sampling: ``"aligned"`` or ``"reference"`` (:data:`DEPTH_SAMPLING_INTERPOLATION`).
+        rgb: (3, S, S) float32 in [0, 1], channel-first (the network's RGB input), or None when no image
+            was given.
+    """
+
+    box: CropBox
+    mask_crop: np.ndarray
+    select_mask: np.ndarray
+    depth_crop_m: np.ndarray
+    depth_sampling: str
+    rgb: np.ndarray | None = None
+
+    def lift_coordinates(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Original-image (x, y) of crop pixels (u, v): :func:`lift_coordinates` for this crop."""
+        return lift_coordinates(u, v, self.box, self.depth_sampling)
+
+
+def crop_instance(
+    instance_mask: np.ndarray,
+    depth_m: np.ndarray,
+    size: int,
+    *,
+    rgb: np.ndarray | None = None,
+    rgb_out: np.ndarray | None = None,
+    enlarge: float | tuple[float, float] = DEFAULT_ENLARGE,
+    depth_sampling: str = "aligned",
+    min_depth_m: float = 0.0,
+    max_depth_m: float = float("inf"),
+) -> InstanceCrop:
+    """The per-instance crop of the node: box, network inputs, selection mask and depth.
+
+    The box is :func:`crop_box_from_mask`; the RGB is cropped bilinearly (scaled to [0, 1]), the network's
+    mask with legacy ``nearest``, the selection mask and the depth with the nearest mode of
+    ``depth_sampling``; depth outside ``[min_depth_m, max_depth_m]`` (and NaN) becomes 0. Only the image
+    window the crop reads is touched (:func:`image_window`).
+
+    Args:
+        instance_mask: (H, W) bool (or non-zero = the instance).
+        depth_m: (H, W) float depth in metres, 0 / NaN / inf invalid.
+        size: crop size S in pixels.
+        rgb: optional (H, W, 3) uint8 image; its crop is returned as ``InstanceCrop.rgb``.
+        rgb_out: optional (3, S, S) float32 array the RGB crop is written into (e.g. a batch row).
+        enlarge: per-axis box enlargement. depth_sampling: ``"aligned"`` or ``"reference"``.
+        min_depth_m, max_depth_m: valid depth range (metres).
+    Returns:
+        :class:`InstanceCrop`.
+    Raises:
+        EmptyMaskError: empty or too small mask. InvalidInputError: bad shapes or depth_sampling.
+    """
+    nearest = _check_depth_sampling(depth_sampling)
+    inst = np.asarray(instance_mask)
+    if inst.dtype != bool:
+        inst = inst != 0
+    depth = np.asarray(depth_m)
+    if depth.shape != inst.shape:
+        raise InvalidInputError(f"depth {depth.shape} and mask {inst.shape} differ in shape")
+    H, W = inst.shape
+    box = crop_box_from_mask(inst, size, enlarge)
+    rows, cols, local = image_window(box, W, H)
+    inst_w = inst[rows, cols]
+    mask_crop = crop_image(inst_w, local, "nearest")
+    select_mask = mask_crop if nearest == "nearest" else crop_image(inst_w, local, nearest)
+    depth_crop = crop_image(depth[rows, cols], local, nearest).astype(np.float32, copy=False)
+    with np.errstate(invalid="ignore"):
+        valid = (depth_crop >= min_depth_m) & (depth_crop <= max_depth_m)  # NaN -> False
+    depth_crop = np.where(valid, depth_crop, np.float32(0.0))
+    rgb_crop = None
+    if rgb is not None:
+        image = np.asarray(rgb)
+        if image.shape != (H, W, 3):
+            raise InvalidInputError(f"rgb must be ({H}, {W}, 3), got {image.shape}")
+        # bilinear straight into the output, channel-first (= crop_image(..., "bilinear"), bit for bit)
+        rgb_crop = crop_planes(image[rows, cols].transpose(2, 0, 1), local, out=rgb_out)
+        rgb_crop *= np.float32(1.0 / 255.0)
+    return InstanceCrop(box, mask_crop, select_mask, depth_crop, depth_sampling, rgb_crop)
 
 
 def downsample_mask(mask_crop: np.ndarray, grid: int) -> np.ndarray:

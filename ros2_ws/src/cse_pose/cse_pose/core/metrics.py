@@ -1,4 +1,4 @@
-"""The paper's evaluation (reference brief section 5): 3D IoU, rotation and translation errors, thresholds.
+"""The paper's evaluation (docs/reference.md §5): 3D IoU, rotation and translation errors, thresholds.
 
 Boxes are oriented: rotation R (3, 3, object -> camera, columns are the box axes), centre t (3,) metres,
 full extents ``size`` (3,) metres. Symmetric categories (continuous symmetry about the object y axis) are
@@ -23,7 +23,8 @@ POSE_THRESHOLDS: tuple[tuple[str, float, float], ...] = (
     ("10deg2cm", 10.0, 2.0),
     ("10deg5cm", 10.0, 5.0),
 )
-IOU_THRESHOLDS: tuple[tuple[str, float], ...] = (("IoU25", 0.25), ("IoU50", 0.50))
+#: (name, min 3D IoU); ">=" as NOCS.
+IOU_THRESHOLDS: tuple[tuple[str, float], ...] = (("IoU25", 0.25), ("IoU50", 0.50), ("IoU75", 0.75))
 METRIC_NAMES: tuple[str, ...] = tuple(n for n, _ in IOU_THRESHOLDS) + tuple(n for n, _, _ in POSE_THRESHOLDS)
 
 # Sign pattern of the 8 corners (objectron order): x slowest, z fastest.
@@ -195,7 +196,7 @@ def evaluate_pose(
 def summarize(errors: Iterable[PoseErrors | None]) -> dict[str, float]:
     """Fraction of frames meeting each threshold (``None`` = failed frame, counts as a miss).
 
-    Returns keys ``IoU25, IoU50, 5deg2cm, 5deg5cm, 10deg2cm, 10deg5cm`` (fractions in [0, 1]),
+    Returns keys ``IoU25, IoU50, IoU75, 5deg2cm, 5deg5cm, 10deg2cm, 10deg5cm`` (fractions in [0, 1]),
     ``median_rotation_deg``, ``median_translation_cm`` (over successful frames) and ``frames``.
     """
     errs: Sequence[PoseErrors | None] = list(errors)

@@ -1,6 +1,6 @@
 """From a solved similarity and the deformed prior to the published pose, size and quality.
 
-Reference brief section 2.8, with the deviations DESIGN section 3 asks for: the rotation is expressed in
+docs/reference.md §2.8, with the deviations docs/reference.md §D3 asks for: the rotation is expressed in
 the published object frame through a *proper* base rotation B (``v_pub = B v``), the translation is the
 centre of the deformed mesh's bounding box in that frame (not the canonical origin), the size is the box
 extent times the solved scale, and fit statistics become a 0..1 quality score and a covariance.

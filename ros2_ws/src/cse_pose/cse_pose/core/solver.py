@@ -3,13 +3,15 @@
 Model: ``dst ≈ scale * R @ src + t`` (column vectors), ``src`` in canonical units, ``dst`` in metres
 (camera frame), so ``scale`` is metres per canonical unit.
 
-The reference's RANSAC is nearly a no-op (reference brief section 2.7: a ~1 m "inlier" threshold).
+The reference's RANSAC is nearly a no-op (docs/reference.md §2.7: a ~1 m "inlier" threshold).
 Ours uses a metric threshold. Hypothesis 0 is the least-squares fit on all pairs; when it already
 explains ``early_stop_inlier_ratio`` of the pairs, no random hypotheses are drawn (the common
 no-outlier case costs little more than plain Umeyama). Otherwise minimal 3-point hypotheses are drawn in
 batches, solved with one batched SVD, screened for degenerate samples, and scored on a fixed random
-subset of the pairs; the number of hypotheses adapts to the best inlier ratio seen (standard RANSAC
-bound for ``confidence``). The winner is refitted (weighted) on its inliers over all pairs.
+subset of the pairs; the number of hypotheses adapts to the best inlier ratio seen so far, hypothesis 0
+included (standard RANSAC bound ``log(1 - confidence) / log(1 - w^3)``, so outlier-free noisy pairs that
+miss the early stop only because of noise tails cost a handful of hypotheses, not ``max_hypotheses``).
+The winner is refitted (weighted) on its inliers over all pairs.
 """
 
 from __future__ import annotations
@@ -217,6 +219,20 @@ def _batched_minimal_fits(
     return scale, R, t, ok
 
 
+def ransac_bound(inlier_ratio: float, confidence: float, sample_size: int = 3) -> float:
+    """Hypotheses needed to draw one all-inlier minimal sample with probability ``confidence``.
+
+    ``log(1 - confidence) / log(1 - w^k)`` for inlier ratio ``w`` and sample size ``k`` (inf for ``w = 0``,
+    1 for ``w = 1``); not rounded.
+    """
+    wk = float(inlier_ratio) ** int(sample_size)
+    if wk <= 0.0:
+        return float("inf")
+    if wk >= 1.0:
+        return 1.0
+    return float(np.log(1.0 - confidence) / np.log1p(-wk))
+
+
 def ransac_umeyama(
     src: np.ndarray,
     dst: np.ndarray,
@@ -295,12 +311,14 @@ def ransac_umeyama(
         Zs = Z[:, sub]  # (6, m) scoring subset
         w_s = None if weights is None else weights[sub]
         best_score = -1.0
+        needed, drawn, any_ok = max_hypotheses, 0, False
         if best is not None:
             inl = _residual_sq(Zs, best) < thr2
             best_score = float(inl.sum()) if w_s is None else float(w_s[inl].sum())
-        needed, drawn, any_ok = max_hypotheses, 0, False
+            # hypothesis 0 sets the bound from the start: random samples only need to beat it
+            needed = int(min(needed, np.ceil(ransac_bound(float(inl.mean()), confidence))))
         while drawn < min(needed, max_hypotheses):
-            b = min(batch_size, max_hypotheses - drawn)
+            b = min(batch_size, max_hypotheses - drawn, max(needed - drawn, 1))
             idx = rng.integers(0, n, (b, 3))
             scale, R, t, ok = _batched_minimal_fits(src[idx], dst[idx], min_sin)
             drawn += b
@@ -323,9 +341,7 @@ def ransac_umeyama(
                 ratio = float(inl[k].mean())
                 if ratio >= early_stop_inlier_ratio:
                     break
-                w3 = ratio**3
-                if w3 > 0:
-                    needed = int(np.ceil(np.log(1.0 - confidence) / np.log1p(-min(w3, 1 - 1e-12))))
+                needed = int(min(needed, np.ceil(ransac_bound(ratio, confidence))))
         if best is None:
             why = "all minimal samples are degenerate (collinear or duplicate points)" if not any_ok else "no fit"
             raise DegenerateGeometryError(f"RANSAC found no valid hypothesis: {why}")

@@ -1,10 +1,12 @@
-"""Fast, non-differentiable numpy z-buffer rasteriser for data generation.
+"""Fast, non-differentiable numpy z-buffer rasteriser: the project's one triangle renderer.
 
 Renders several triangle meshes at once with a pinhole camera ``K`` and gives, per pixel, the depth
 (z along the optical axis, metres), the instance id, the mesh and face that won the z-test, and any
 per-vertex attributes (colours, object coordinates, normals, UVs) interpolated with perspective-correct
-barycentric weights. Not differentiable and torch-free on purpose: the differentiable soft rasteriser
-used by the losses lives in ``cse_train.render``.
+barycentric weights. Used at run time by the pose verification (``cse_pose.verify``: low-resolution
+silhouettes and depth of pose candidates) and by training's synthetic data generator and evaluation
+(``cse_train.data.synthetic``, ``cse_train.evaluate``). Not differentiable and torch-free on purpose:
+the differentiable soft rasteriser used by the losses lives in training (``cse_train.render``).
 
 Conventions: camera frame = OpenCV optical frame (x right, y down, z forward); pixel (column j, row i)
 has its centre at image coordinates (u, v) = (j, i) with ``u = fx * X / Z + s * Y / Z + cx`` (the
