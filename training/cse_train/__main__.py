@@ -1,4 +1,5 @@
-"""Command line: ``python -m cse_train {generate,train,evaluate,eval-models,export,smoke}`` (also ``cse-train ...``).
+"""Command line: ``python -m cse_train {generate,train,evaluate,eval-models,export,smoke,from-bag,adapt}`` (also
+``cse-train ...``).
 
 - ``generate``: synthetic RGB-D videos in Wild6D's layout (``cse_train.data.synthetic.generate``).
 - ``train``: :func:`cse_train.train.train` (``torchrun --nproc_per_node=K -m cse_train train ...`` for DDP).
@@ -7,6 +8,9 @@
 - ``export``: checkpoint -> ``<out-dir>/<category>.onnx`` + ``<category>.pt`` (TorchScript), verified.
 - ``smoke``: tiny synthetic set -> a short CPU training of the ``small`` model -> export -> check the ONNX runs
   in onnxruntime -> evaluation on the test videos; prints the figures (``make train-smoke``).
+- ``from-bag``: a recorded ROS 2 bag -> Wild6D-layout videos (:mod:`cse_train.from_bag`; no ROS needed).
+- ``adapt``: a shipped ONNX model -> self-supervised fine-tuning on your videos -> export, before/after on
+  held-out frames (:mod:`cse_train.adapt`, ``make adapt``).
 """
 
 from __future__ import annotations
@@ -110,6 +114,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
                         fp16_weights=args.fp16_weights, torchscript=not args.no_torchscript)
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB)" + ("" if args.no_torchscript else f" and {path.with_suffix('.pt')}"))
+    return 0
+
+
+def _cmd_from_bag(args: argparse.Namespace) -> int:
+    from .from_bag import run_cli
+
+    return run_cli(args.bag, args.out, args.category,
+                   (args.rgb_topic, args.depth_topic, args.camera_info_topic, args.mask_topic),
+                   mask=args.mask, name=args.name, slop_s=args.slop, queue_size=args.queue_size, gap_s=args.gap,
+                   instance_id=args.instance_id, min_mask_px=args.min_mask_px,
+                   min_depth_fraction=args.min_depth_fraction, min_depth_m=args.min_depth, max_depth_m=args.max_depth,
+                   min_frames=args.min_frames, progress=not args.no_progress)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from .adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(
+        category=args.category, data=args.data, model=args.model, out=args.out, steps=args.steps, lr=args.lr,
+        videos_per_batch=args.videos_per_batch, frames_per_video=args.frames_per_video,
+        render_size=args.render_size or None, disable=tuple(args.disable or ()), holdout=args.holdout,
+        eval_frames=args.eval_frames, fp16_weights=not args.fp32_weights, seed=args.seed, device=args.device,
+        workers=args.workers, progress=not args.no_progress,
+    )
+    try:
+        adapt(cfg)
+    except (FileNotFoundError, ValueError) as exc:  # no videos, not a cse_train model, another prior
+        print(f"adapt: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -344,6 +377,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-progress", dest="no_progress", action="store_true")
     s.set_defaults(func=_cmd_smoke)
+
+    b = sub.add_parser("from-bag", help="a recorded ROS 2 bag (sqlite3/MCAP) -> Wild6D-layout videos, no ROS needed")
+    b.add_argument("bag", help="bag folder (with metadata.yaml), or its .db3 / .mcap file")
+    b.add_argument("--category", required=True, choices=CATEGORIES)
+    b.add_argument("--out", required=True, help="output root: videos go to <out>/<category>/<name>/<NN>/")
+    b.add_argument("--name", help="folder of this bag's videos (default: the bag's name)")
+    b.add_argument("--rgb-topic", dest="rgb_topic", help="default: the RealSense bring-up's colour image")
+    b.add_argument("--depth-topic", dest="depth_topic", help="default: the RealSense aligned depth")
+    b.add_argument("--camera-info-topic", dest="camera_info_topic", help="default: the RealSense colour CameraInfo")
+    b.add_argument("--mask-topic", dest="mask_topic", help="instance masks (default: the pose node's mask_topic)")
+    b.add_argument("--mask", default="topic", choices=("topic", "tabletop"),
+                   help="masks from --mask-topic, or made from depth by the tabletop segmentation")
+    b.add_argument("--instance-id", dest="instance_id", type=int,
+                   help="the target's id in the masks (default: the largest instance of each frame)")
+    b.add_argument("--slop", type=float, default=0.05, help="synchroniser slop in seconds (node: sync_slop_s)")
+    b.add_argument("--queue-size", dest="queue_size", type=int, default=10, help="synchroniser queue per topic")
+    b.add_argument("--gap", type=float, default=0.5, help="a larger gap (s) between kept frames starts a new video")
+    b.add_argument("--min-mask-px", dest="min_mask_px", type=int, default=100, help="smaller targets are skipped")
+    b.add_argument("--min-depth-fraction", dest="min_depth_fraction", type=float, default=0.3,
+                   help="skip frames with valid depth on less of the target")
+    b.add_argument("--min-depth", dest="min_depth", type=float, default=0.1, help="metres")
+    b.add_argument("--max-depth", dest="max_depth", type=float, default=4.0, help="metres")
+    b.add_argument("--min-frames", dest="min_frames", type=int, default=2, help="shorter videos are dropped")
+    b.add_argument("--no-progress", dest="no_progress", action="store_true")
+    b.set_defaults(func=_cmd_from_bag)
+
+    a = sub.add_parser("adapt", help="fine-tune models/<category>.onnx on your videos (self-supervised losses only)")
+    a.add_argument("--category", required=True, choices=CATEGORIES)
+    a.add_argument("--data", required=True, help="from-bag --out root, or a Wild6D-layout category root")
+    a.add_argument("--model", help="starting ONNX model (default models/<category>.onnx)")
+    a.add_argument("--out", help="default out/adapt/<category>")
+    a.add_argument("--steps", type=int, default=300)
+    a.add_argument("--lr", type=float, default=1e-4)
+    a.add_argument("--videos-per-batch", dest="videos_per_batch", type=int, default=2)
+    a.add_argument("--frames-per-video", dest="frames_per_video", type=int, default=4)
+    a.add_argument("--render-size", dest="render_size", type=int, default=64,
+                   help="render / pixel-loss resolution (default 64 for the CPU; 0 = the crop size)")
+    a.add_argument("--disable", nargs="*", choices=LOSS_NAMES, help="self-supervised loss terms to skip")
+    a.add_argument("--holdout", type=float, default=0.2, help="fraction of each video (its end) held out")
+    a.add_argument("--eval-frames", dest="eval_frames", type=int, help="evaluate at most this many held-out frames")
+    a.add_argument("--fp32-weights", dest="fp32_weights", action="store_true",
+                   help="store the adapted ONNX weights as float32 (default float16, like models/)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--workers", type=int, default=0)
+    a.add_argument("--no-progress", dest="no_progress", action="store_true")
+    a.set_defaults(func=_cmd_adapt)
     return p
 
 

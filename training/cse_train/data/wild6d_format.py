@@ -1,7 +1,7 @@
 """Wild6D on-disk layout: file names, metadata and annotation I/O (numpy + OpenCV, no torch).
 
 Shared by the synthetic writer (``synthetic.generate``) and the readers (``wild6d``), so that both
-agree on every name. Layout (reference brief sections 4.1 and 4.2; ``FORMAT.md`` beside this file):
+agree on every name. Layout (docs/reference.md §4.1 and 4.2; ``FORMAT.md`` beside this file):
 
 ```
 <root>/<category>/<object_dir>/<sequence_dir>/metadata            JSON: K (9, column-major), w, h, fps
@@ -41,6 +41,7 @@ __all__ = [
     "read_rgb",
     "read_scene_json",
     "resolve_list",
+    "write_frame",
     "write_gt_pkl",
     "write_metadata",
 ]
@@ -55,7 +56,7 @@ def k_to_column_major(K: np.ndarray) -> list[float]:
 
 
 def k_from_column_major(values: Any) -> np.ndarray:
-    """9 numbers in column-major order -> (3, 3) float64 K (``reshape(3, 3).T``, reference section 4.1)."""
+    """9 numbers in column-major order -> (3, 3) float64 K (``reshape(3, 3).T``, docs/reference.md §4.1)."""
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if arr.size != 9:
         raise ValueError(f"metadata K must have 9 numbers, got {arr.size}")
@@ -84,6 +85,29 @@ def frame_paths(seq_dir: str | Path, index: int) -> dict[str, Path]:
         "depth": images / f"{index}-depth.png",
         "instances": images / f"{index}-instances.png",
     }
+
+
+def write_frame(
+    seq_dir: str | Path, index: int, rgb: np.ndarray, mask: np.ndarray, depth_m: np.ndarray, jpeg_quality: int = 92
+) -> dict[str, Path]:
+    """Write frame ``index`` of a sequence: ``<i>.jpg`` (JPEG ``jpeg_quality``), ``<i>-mask.png`` (0/255)
+    and ``<i>-depth.png`` (16-bit millimetres, ``round(depth_m * 1000)``, values outside 1..65535 as 0).
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB. mask: (H, W), non-zero = the target object. depth_m: (H, W) metres, 0 = invalid.
+    Returns:
+        :func:`frame_paths` of the frame (``images/`` is created if needed).
+    """
+    paths = frame_paths(seq_dir, index)
+    paths["rgb"].parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(paths["rgb"]), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    cv2.imwrite(str(paths["mask"]), np.where(np.asarray(mask) != 0, 255, 0).astype(np.uint8))
+    with np.errstate(invalid="ignore"):
+        depth_mm = np.round(np.asarray(depth_m, dtype=np.float64) * 1000.0)
+        depth_mm = np.where((depth_mm > 0) & (depth_mm <= 65535), depth_mm, 0).astype(np.uint16)
+    cv2.imwrite(str(paths["depth"]), depth_mm)
+    return paths
 
 
 def frame_indices(seq_dir: str | Path) -> list[int]:
@@ -146,7 +170,7 @@ def write_gt_pkl(
     sizes: list[np.ndarray],
     K: np.ndarray,
 ) -> None:
-    """Write a Wild6D test annotation pickle (reference brief section 4.2).
+    """Write a Wild6D test annotation pickle (docs/reference.md §4.2).
 
     ``annotations[j]`` is frame ``frame_ids[j]``: ``name`` ``"<cat>/<obj>/<seq>/<frame>"``, ``rotation``
     (3, 3) object -> camera (column convention, proper), ``translation`` (3,) box centre in metres,
