@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make bench`: per-stage latency of the node pipeline vs a reference-equivalent peer, and memory growth.
+"""`make bench`: per-stage latency of the node pipeline vs a reference-equivalent peer, memory, load test.
 
 One run, the same 640x480 frames (1 and 5 objects) for every method, methods interleaved frame by frame so
 that load from other processes hits them alike:
@@ -16,6 +16,18 @@ that load from other processes hits them alike:
 * **reference**: :class:`cse_train.reference_pipeline.ReferencePipeline` (eager torch CSE network at the
   paper's sizes S 256 / G 64, the reference crop, confidence upsampling and selection, the 100-iteration
   5-point RANSAC-Umeyama), after the same decode; it builds and publishes no messages.
+* **net fp32 / net int8** (``--network-objects``, default 1 and 3 objects): the same node path with the
+  ``ort-cpu`` settings on held-out frames (:func:`make_network_scene`, the synthetic test split) and the
+  network's *own* outputs fed to select/solve, for the float model and for its static INT8 version
+  (``--int8``: ``<models-dir>/<category>.int8.onnx``, else ``out/quant/<category>.int8.onnx`` when made from
+  this model, else quantized now by :mod:`cse_train.quantize`). The table's ``input`` column says which rows
+  got oracle correspondences and which the network's.
+
+Load test (``--load-seconds`` per rate, default 10; 0 skips it): :mod:`cse_pose_dev.bench_load` starts the
+node as a process (``python -m cse_pose_ros``, defaults, the same model folder), publishes a held-out
+``--load-objects`` frame over DDS at each ``--load-rates`` rate (default 30 and 100 Hz) and prints sent,
+served and dropped frames, the served rate, stamp-to-pose latency p50/p95 and the node's
+``frames_dropped_stale`` and CPU.
 
 Model weights: the trained ``models/<category>.onnx`` (and ``.pt``) when present, else random
 initialisation exported with ``cse_train.export`` into a temporary folder (the header says which). The
@@ -62,8 +74,11 @@ from typing import Any
 import numpy as np
 
 #: Columns of the table, in order (``e2e`` last). "select" = confidence threshold + pixel selection.
-STAGES: tuple[str, ...] = ("decode", "crop", "model", "select", "lift", "solve", "pose", "msg", "publish")
+STAGES: tuple[str, ...] = ("decode", "crop", "model", "select", "lift", "solve", "pose", "verify", "msg",
+                           "publish")
 E2E = "e2e"
+#: Row of the node path with pose verification (``cse_pose.verify``) on; its ``verify`` column is the cost.
+VERIFY_LABEL = "verify"
 #: e2e without the MarkerArray (build + publish): the node builds markers only while a subscriber exists.
 E2E_NO_MARKERS = "e2e-nomk"
 #: Targets of the bench issue (2-core CPU, small model).
@@ -87,6 +102,11 @@ GPU_BACKENDS = ("ort-cuda", "ort-trt")
 WIDTH, HEIGHT, F_PX = 640, 480, 600.0
 #: Object size of the rendered boxes: this factor times the oracle's canonical extents (1.4, 2.0, 1.2).
 OBJECT_SCALE_M = 0.06
+#: ``input`` column of the table: what a row's select/solve stages got.
+INPUT_ORACLE = "oracle"
+INPUT_NETWORK = "network"
+#: Row labels of the network-fed rows (float model, and its static INT8 version).
+NET_FP32, NET_INT8 = "net fp32 ort-cpu", "net int8 ort-cpu"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,6 +239,52 @@ def make_scene(n_objects: int, seed: int = 0, width: int = WIDTH, height: int = 
         (rgb_msg, depth_msg, mask_msg, info),
         poses,
     )
+
+
+def make_network_scene(category: str, n_objects: int, seed: int = 0) -> Scene:
+    """A held-out frame for the shipped network: ``cse_train.data.synthetic`` test split (shape and texture
+    bands never trained on), with clutter, sensor noise and depth holes.
+
+    One object: frame 0 of a test scene at 640x480, its target's mask (id 1). Two to four: that scene seen
+    at four times of its video, each frame halved to 320x240 and tiled 2x2 into one 640x480 frame; the
+    target of tile k is instance k + 1 (tiles beyond ``n_objects`` keep their pixels, mask 0). K is the
+    first tile's, so the other tiles' points are lifted with a shifted principal point: their poses are not
+    ground truth, the crops, network outputs and solver work are those of real frames.
+    """
+    import cv2
+
+    from cse_pose.core.camera import scale_intrinsics
+    from cse_train.data.synthetic import render_frame, sample_scene
+
+    from .ros_io import frame_messages
+
+    if not 1 <= n_objects <= 4:
+        raise ValueError(f"network scenes hold 1 to 4 objects, got {n_objects}")
+    spec = sample_scene(category, "test", 1000 + seed, frames=(12, 12))
+    if n_objects == 1:
+        fr = render_frame(spec, 0, WIDTH, HEIGHT)
+        rgb, depth_m, K = fr.rgb, fr.depth_m, fr.K
+        mask = (fr.instance_mask == 1).astype(np.uint8)
+        poses = [(fr.gt[0]["R"], fr.gt[0]["t"], fr.gt[0]["size"])]
+    else:
+        w, h = WIDTH // 2, HEIGHT // 2
+        rgb = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        depth_m = np.zeros((HEIGHT, WIDTH), np.float32)
+        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        poses = []
+        K = np.eye(3)
+        for k, index in enumerate((0, 4, 8, 11)):
+            fr = render_frame(spec, index, WIDTH, HEIGHT)
+            y, x = (k // 2) * h, (k % 2) * w
+            rgb[y : y + h, x : x + w] = cv2.resize(fr.rgb, (w, h), interpolation=cv2.INTER_AREA)
+            depth_m[y : y + h, x : x + w] = fr.depth_m[::2, ::2]
+            if k < n_objects:
+                mask[y : y + h, x : x + w] = np.where(fr.instance_mask[::2, ::2] == 1, k + 1, 0)
+                poses.append((fr.gt[0]["R"], fr.gt[0]["t"], fr.gt[0]["size"]))
+            if k == 0:
+                K = scale_intrinsics(fr.K, (WIDTH, HEIGHT), (w, h))
+    msgs = frame_messages(rgb, depth_m, mask, K, 1.0)
+    return Scene(n_objects, rgb, depth_m, mask, K, msgs, poses)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -380,10 +446,12 @@ class NodeMethod:
         publishers: shared :class:`Publishers`. category: category of every instance.
         mesh_max_faces: triangles of the mesh marker at most, decimated as the node does (None = the
             node's default, parameter ``mesh_marker_max_faces``; 0 = full mesh).
+        verify: run the render-and-compare verification (``cse_pose.verify``) on ``category``.
     """
 
     def __init__(
-        self, label: str, model: Any, publishers: Publishers, category: str, mesh_max_faces: int | None = None
+        self, label: str, model: Any, publishers: Publishers, category: str, mesh_max_faces: int | None = None,
+        verify: bool = False,
     ) -> None:
         from cse_pose.display import DisplayMeshes, neutral_vertices
         from cse_pose.pipeline import PipelineParams, PosePipeline
@@ -393,7 +461,7 @@ class NodeMethod:
         self.label = label
         self.model = model
         self.category = category
-        self.params = PipelineParams()
+        self.params = PipelineParams(verify_categories=(category,) if verify else ())
         self.pipeline = PosePipeline({category: model}, self.params)
         if mesh_max_faces is None:
             mesh_max_faces = int(spec("mesh_marker_max_faces").default)
@@ -476,7 +544,7 @@ class NodeMethod:
             E2E: (t4 - t0) * 1e3 - extra,
         }
         row[E2E_NO_MARKERS] = row[E2E] - markers_ms
-        for stage in ("crop", "model", "select", "lift", "solve", "pose"):
+        for stage in ("crop", "model", "select", "lift", "solve", "pose", "verify"):
             row[stage] = float(timings.get(stage, float("nan")))
         row["model"] -= extra
         return row
@@ -518,10 +586,14 @@ class ReferenceMethod:
 # ---------------------------------------------------------------------------------------------------
 @dataclass
 class Results:
-    """Samples per (method label, objects): list of per-frame stage dicts; plus memory figures."""
+    """Samples per (method label, objects): list of per-frame stage dicts; plus memory figures.
+
+    ``inputs``: method label -> what its select/solve stages got (:data:`INPUT_ORACLE` or
+    :data:`INPUT_NETWORK`), the ``input`` column of the table."""
 
     samples: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
     header: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -544,6 +616,9 @@ def interleaved_run(
 ) -> None:
     """Warm every (method, scene) up, then time ``frames`` rounds of every scene with every method.
 
+    A method with a ``scenes`` attribute runs on those instead (scene ``j`` of its list in the slot of
+    ``scenes[j]``), still interleaved frame by frame with the others.
+
     Args:
         sparse: label -> number of timed frames for methods too slow for every round; they run on rounds
             spread evenly over the run.
@@ -551,8 +626,9 @@ def interleaved_run(
     """
     sparse = dict(sparse or {})
     warmup = dict(warmup or {})
+    own = {m.label: list(getattr(m, "scenes", None) or scenes) for m in methods}
     for method in methods:
-        for scene in scenes:
+        for scene in own[method.label]:
             for _ in range(warmup.get(method.label, 2)):
                 method.run(scene)
         if progress:
@@ -565,10 +641,12 @@ def interleaved_run(
             if k is None
             else set(np.linspace(0, frames - 1, max(1, min(k, frames))).round().astype(int).tolist())
         )
+    slots = max(len(v) for v in own.values()) if own else 0
     for i in range(frames):
-        for scene in scenes:
+        for j in range(slots):
             for method in methods:
-                if i in rounds[method.label]:
+                if i in rounds[method.label] and j < len(own[method.label]):
+                    scene = own[method.label][j]
                     results.add(method.label, scene.n_objects, method.run(scene))
 
 
@@ -596,13 +674,19 @@ def memory_run(method: NodeMethod, scene: Scene, frames: int, checkpoint: int = 
 # report
 # ---------------------------------------------------------------------------------------------------
 def format_table(results: Results, labels: Sequence[str], objects: Sequence[int]) -> str:
-    """The latency table: a p50 and a p95 line per (method, objects); ``-`` where a stage does not exist."""
+    """The latency table: a p50 and a p95 line per (method, objects); ``-`` where a stage does not exist.
+
+    Rows of ``objects`` and of any other object count a method has samples for; with ``results.inputs`` an
+    ``input`` column says what the method's select/solve stages got."""
     name_w = max(12, *(len(lb) for lb in labels))
     cols = (*STAGES, E2E, E2E_NO_MARKERS)
-    head = f"{'method':<{name_w}} {'obj':>3} {'stat':>4} {'n':>4} " + " ".join(f"{c:>8}" for c in cols)
+    in_w = max((len(v) for v in results.inputs.values()), default=0)
+    in_head = f"{'input':<{in_w}} " if in_w else ""
+    head = f"{'method':<{name_w}} {in_head}{'obj':>3} {'stat':>4} {'n':>4} " + " ".join(f"{c:>8}" for c in cols)
     lines = [head, "-" * len(head)]
     for label in labels:
-        for n in objects:
+        counts = sorted(set(objects) | {n for (lb, n) in results.samples if lb == label})
+        for n in counts:
             rows = results.samples.get((label, n), [])
             if not rows:
                 continue
@@ -613,7 +697,8 @@ def format_table(results: Results, labels: Sequence[str], objects: Sequence[int]
                     cells.append(f"{v:>8.2f}" if np.isfinite(v) else f"{'-':>8}")
                 first = label if q == 0 else ""
                 count = str(len(rows)) if q == 0 else ""
-                lines.append(f"{first:<{name_w}} {n:>3} {name:>4} {count:>4} " + " ".join(cells))
+                source = (f"{results.inputs.get(label, '-') if q == 0 else '':<{in_w}} " if in_w else "")
+                lines.append(f"{first:<{name_w}} {source}{n:>3} {name:>4} {count:>4} " + " ".join(cells))
     return "\n".join(lines)
 
 
@@ -761,11 +846,87 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="triangles of the mesh marker at most (default: the node's mesh_marker_max_faces; 0 = full mesh)",
     )
+    ap.add_argument(
+        "--network-objects",
+        type=int,
+        nargs="*",
+        default=[1, 3],
+        help="objects per held-out frame of the network-fed rows (1-4; default 1 3; none = no such rows)",
+    )
+    ap.add_argument(
+        "--int8",
+        default="auto",
+        help="INT8 model of the 'net int8' row: a path, 'none', or auto = <models-dir>/<category>.int8.onnx, "
+        "else out/quant/<category>.int8.onnx when made from this model, else quantized now by "
+        "cse_train.quantize (and kept in out/quant for trained models)",
+    )
+    ap.add_argument(
+        "--calib-videos",
+        type=int,
+        default=None,
+        help="train-split videos for the INT8 calibration when quantizing now (default: cse_train.quantize's)",
+    )
+    ap.add_argument(
+        "--load-seconds",
+        type=float,
+        default=10.0,
+        help="seconds per camera rate of the DDS load test (0 = skip; default 10)",
+    )
+    ap.add_argument(
+        "--load-rates", type=float, nargs="+", default=[30.0, 100.0], help="camera rates of the load test (Hz)"
+    )
+    ap.add_argument("--load-objects", type=int, default=3, help="objects per frame of the load test (1-4)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.frames < 1 or args.ref_frames < 1 or args.mem_frames < 0:
         ap.error("--frames and --ref-frames must be >= 1, --mem-frames >= 0")
+    if any(not 1 <= n <= 4 for n in [*args.network_objects, args.load_objects]):
+        ap.error("--network-objects and --load-objects must be within 1..4")
+    if args.load_seconds < 0 or any(r <= 0 for r in args.load_rates):
+        ap.error("--load-seconds must be >= 0 and --load-rates > 0")
     return args
+
+
+#: Where INT8 models quantized by the bench from trained models are kept (and found again).
+QUANT_DIR = Path("out/quant")
+
+
+def int8_model(
+    requested: str,
+    files: ModelFiles,
+    models_dir: Path,
+    out_dir: Path,
+    category: str,
+    calib_videos: int | None = None,
+) -> tuple[Path | None, str]:
+    """The INT8 model of the ``net int8`` row per ``--int8`` (see :func:`parse_args`) and a header note."""
+    if requested == "none":
+        return None, "not run (--int8 none)"
+    if requested != "auto":
+        path = Path(requested)
+        if not path.is_file():
+            raise SystemExit(f"bench: --int8 {requested}: no such file")
+        return path, f"{path} (given)"
+    from cse_train.export import read_onnx_metadata
+    from cse_train.quantize import calibration_batches, int8_path, quantize_model
+
+    beside = int8_path(models_dir / f"{category}.onnx")
+    if beside.is_file():
+        return beside, str(beside)
+    trained = files.weights.startswith("trained")
+    wanted_version = f"{read_onnx_metadata(files.onnx).get('version', files.onnx.stem)}-int8"
+    cached = QUANT_DIR / f"{category}.int8.onnx"
+    if trained and cached.is_file() and read_onnx_metadata(cached).get("version") == wanted_version:
+        return cached, f"{cached} (quantized earlier from {files.onnx})"
+    dst = cached if trained else out_dir / "int8" / f"{category}.int8.onnx"
+    t0 = time.perf_counter()
+    kw = {} if calib_videos is None else {"videos": calib_videos}
+    batches = calibration_batches(files.onnx, **kw)
+    quantize_model(files.onnx, dst, batches, log=_say)
+    return dst, (
+        f"{dst}, quantized now from {files.onnx} by cse_train.quantize ({sum(len(b[0]) for b in batches)} "
+        f"train-split calibration crops, {time.perf_counter() - t0:.0f} s)"
+    )
 
 
 def available_backends(requested: str) -> tuple[list[str], list[str]]:
@@ -818,6 +979,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     backends, skipped = available_backends(args.backends)
     load0 = load_average()
+    if args.load_seconds > 0:
+        # the load test publishes camera frames from this process: its DDS participants need the large
+        # shared-memory profile, which Fast DDS reads when the process creates its first participant
+        from .ros_io import large_frames_env
+
+        os.environ.update(large_frames_env())
 
     import onnxruntime
     import torch
@@ -917,6 +1084,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{torch.get_num_threads()}, reference crop/confidence/100-iteration RANSAC"
             )
 
+        for label in ours:
+            results.inputs[label] = INPUT_ORACLE
+        from cse_pose.verify import VERIFIABLE_CATEGORIES
+
+        base = next((m for m in methods if m.label == "ours ort-cpu"), None)
+        if base is not None and args.category in VERIFIABLE_CATEGORIES:  # row 'verify': its cost, column verify
+            methods.append(NodeMethod(VERIFY_LABEL, base.model, publishers, args.category, args.mesh_max_faces,
+                                      verify=True))
+            results.inputs[VERIFY_LABEL] = INPUT_ORACLE
+            labels_info.append(f"{VERIFY_LABEL}: 'ours ort-cpu' with render-and-compare verification on "
+                               f"(verify_categories=['{args.category}'], off by default in the node)")
+        if ref_label:
+            results.inputs[ref_label] = INPUT_ORACLE
+        net_labels: list[str] = []
+        int8_note = ""
+        if args.network_objects:
+            _say("bench: held-out frames for the network rows ...")
+            net_scenes = [make_network_scene(args.category, n, args.seed) for n in args.network_objects]
+            kind, ort_kw = ort_options("ort-cpu")
+            rows = [(NET_FP32, files.onnx)]
+            int8_path_, int8_note = int8_model(
+                args.int8, files, args.models_dir, out_dir, args.category, args.calib_videos
+            )
+            if int8_path_ is not None:
+                rows.append((NET_INT8, int8_path_))
+            for label, path in rows:
+                method = NodeMethod(label, load_model(path, kind, **ort_kw), publishers, args.category,
+                                    args.mesh_max_faces)
+                method.scenes = net_scenes
+                methods.append(method)
+                net_labels.append(label)
+                results.inputs[label] = INPUT_NETWORK
+                labels_info.append(f"{label}: {path.name} through the node's onnxruntime CPU path (as 'ours "
+                                   "ort-cpu'), its own outputs fed to select/solve")
+
         if not args.no_gc_freeze:
             import gc
 
@@ -963,6 +1165,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory["what"] = what
         results.memory = memory
 
+        load_results: list[Any] = []
+        load_notes: list[str] = []
+        if args.load_seconds > 0:
+            from .bench_load import run_load_test
+
+            load_scene = make_network_scene(args.category, args.load_objects, args.seed)
+            load_before = load_average()
+            load_results, load_notes = run_load_test(
+                load_scene.msgs, args.load_rates, args.load_seconds, files.onnx.parent, args.category,
+                out_dir / "load_test", progress=_say,
+            )
+            load_notes.append(f"load average (1/5/15 min) before {load_before}, after {load_average()}")
+
         # ---- report --------------------------------------------------------------------------------
         import cse_pose_ros
 
@@ -986,14 +1201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"frames: {WIDTH}x{HEIGHT}, f={F_PX:.0f} px, {' and '.join(map(str, args.objects))} object(s), "
             f"boxes {OBJECT_SCALE_M * 100:.0f}x canonical (8x12x7 cm) at 0.6-0.75 m, depth 16UC1, mask mono8",
             f"our weights: {files.weights}",
-            "correspondences fed to select/solve: "
+            "input 'oracle': select/solve get "
             + (
-                f"oracle (exact) with {args.outlier_ratio:.0%} outlier cells and {args.match_noise} "
-                "canonical "
-                "noise; the oracle's run is excluded from the times"
+                f"oracle (exact) correspondences with {args.outlier_ratio:.0%} outlier cells and "
+                f"{args.match_noise} canonical noise (the network still runs and is timed; the oracle's own run "
+                "is excluded), on the box frames above"
                 if args.correspondences == "oracle"
-                else "the network's own outputs (random weights: RANSAC worst case)"
+                else "the network's own outputs on the box frames above"
+                + (" (random weights: RANSAC worst case)" if not files.weights.startswith("trained") else "")
             ),
+            *(
+                [
+                    "input 'network': the network's own outputs on held-out frames (cse_train.data.synthetic "
+                    f"test split, {args.category}; 1 object: 640x480 frame; 2-4: one test video at four times, "
+                    "tiled 2x2 at 320x240)"
+                ]
+                if net_labels
+                else []
+            ),
+            *([f"INT8 model: {int8_note}"] if net_labels else []),
             f"timed frames: {args.frames} per method and scene"
             + (f" ({args.ref_frames} for the reference, spread over the run)" if ref_label else "")
             + f"; methods interleaved frame by frame; warm-up {args.warmup} "
@@ -1017,7 +1243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(results, labels, args.objects))
         print(
             "(ms; select = confidence threshold + pixel selection, lift = back-projection, pose = box and "
-            "published pose, msg = message build incl. markers; e2e-nomk = e2e without the MarkerArray build "
+            "published pose, verify = render-and-compare pose verification (row 'verify' only), "
+            "msg = message build incl. markers; e2e-nomk = e2e without the MarkerArray build "
             "and publish, as the node runs with no marker subscriber; '-' = no such stage)"
         )
         if ref_label:
@@ -1059,6 +1286,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"targets (2-core CPU, small model; checked on '{node_label}'):")
             for line in target_lines(results, node_label, ref_label, memory):
                 print("  " + line)
+        if NET_FP32 in net_labels and NET_INT8 in net_labels:
+            print()
+            print("int8 / fp32 on the network rows (p50, same run):")
+            for n in args.network_objects:
+                parts = []
+                for stage in ("model", "solve", E2E):
+                    a, b = results.stat(NET_INT8, n, stage)[0], results.stat(NET_FP32, n, stage)[0]
+                    if np.isfinite(a) and np.isfinite(b) and b > 0:
+                        parts.append(f"{stage} {a:.1f}/{b:.1f} ms = x{a / b:.2f}")
+                print(f"  {n} object(s): " + ", ".join(parts))
+        if load_results:
+            from .bench_load import format_load_table
+
+            print()
+            print(
+                f"load test: {args.load_objects} objects per frame ({args.category} network, held-out frame), "
+                f"{args.load_seconds:.0f} s per camera rate, over DDS into a node process (defaults); "
+                "latency = pose arrival - frame stamp; stale = synchronised frames the node replaced by a newer "
+                "one before serving them (diagnostics frames_dropped_stale); node CPU = the node process's CPU "
+                "time while sending / sending time (200% = both cores)"
+            )
+            for note in load_notes:
+                print("  " + note)
+            print(format_load_table(load_results))
+            for r in load_results:
+                ms = r.node_ms
+                print(
+                    f"  node at {r.rate_hz:.0f} Hz: p50 per frame total {ms.get('total', float('nan')):.0f} ms, "
+                    f"model {ms.get('model', float('nan')):.0f} ms, solve {ms.get('solve', float('nan')):.0f} ms "
+                    f"(its diagnostics, last {r.node_counts.get('frames_processed', 0)} frames or fewer)"
+                )
         print()
         print(
             f"bench: total {total_s:.0f} s (table {table_s:.0f} s"
@@ -1070,6 +1328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "header": header,
                 "samples": {f"{k[0]}|{k[1]}": v for k, v in results.samples.items()},
                 "memory": memory,
+                "inputs": results.inputs,
+                "load_test": [dict(r.row(), node_ms=r.node_ms, node_counts=r.node_counts) for r in load_results],
                 "total_s": total_s,
             }
             args.json.write_text(json.dumps(payload, indent=1, default=float))

@@ -54,6 +54,58 @@ def test_percentiles_and_table_layout(bench):
     assert len(speed) == 1 and "x   1.0" in speed[0]
 
 
+def test_table_input_column_and_object_counts_of_each_method(bench):
+    results = bench.Results()
+    row = {s: 1.0 for s in bench.STAGES}
+    row[bench.E2E] = row[bench.E2E_NO_MARKERS] = 5.0
+    results.add("ours a", 1, row)
+    results.add("ours a", 5, row)
+    results.add("net b", 1, row)
+    results.add("net b", 3, dict(row, e2e=7.0))
+    results.inputs = {"ours a": bench.INPUT_ORACLE, "net b": bench.INPUT_NETWORK}
+    table = bench.format_table(results, ["ours a", "net b"], [1, 5])
+    assert table.splitlines()[0].split()[:3] == ["method", "input", "obj"]
+    firsts = [ln.split()[:5] for ln in table.splitlines()[2:] if ln.split()[0] in ("ours", "net")]
+    assert firsts == [["ours", "a", "oracle", "1", "p50"], ["ours", "a", "oracle", "5", "p50"],
+                      ["net", "b", "network", "1", "p50"], ["net", "b", "network", "3", "p50"]]
+
+
+def test_methods_with_their_own_scenes_are_interleaved_with_the_others(bench):
+    calls: list[tuple[str, int]] = []
+
+    class Fake:
+        def __init__(self, label, scenes=None):
+            self.label = label
+            if scenes is not None:
+                self.scenes = scenes
+
+        def run(self, scene):
+            calls.append((self.label, scene.n_objects))
+            return {bench.E2E: 1.0}
+
+    scene = lambda n: bench.Scene(n, None, None, None, None, (None,) * 4, [])  # noqa: E731
+    results = bench.Results()
+    methods = [Fake("a"), Fake("b", [scene(1), scene(3)])]
+    bench.interleaved_run(methods, [scene(1), scene(5)], 2, results, warmup={"a": 0, "b": 0})
+    assert calls == [("a", 1), ("b", 1), ("a", 5), ("b", 3)] * 2
+    assert sorted(results.samples) == [("a", 1), ("a", 5), ("b", 1), ("b", 3)]
+
+
+def test_load_table_counts_drops_and_latency(bench):
+    from cse_pose_dev.bench_load import LoadResult, format_load_table
+
+    r = LoadResult(30.0, 10.0, sent=300, served=60, latencies_ms=[float(x) for x in range(100, 160)],
+                   node_counts={"frames_dropped_stale": 200}, node_cpu_s=15.0)
+    v = r.row()
+    assert r.dropped == 240 and v["dropped_pct"] == pytest.approx(80.0)
+    assert v["served_hz"] == pytest.approx(6.0) and v["sent_hz"] == pytest.approx(30.0)
+    assert v["p50_ms"] == pytest.approx(129.5) and v["max_ms"] == 159.0
+    line = format_load_table([r, LoadResult(100.0, 10.0, 0, 0)]).splitlines()
+    assert _numbers(line[2])[:4] == [30.0, 6.0, 300.0, 60.0] and "80%" in line[2] and " 200 " in line[2]
+    assert line[2].split()[-1] == "150%"  # 15 s of CPU in 10 s: 1.5 cores
+    assert line[3].split()[-4:-1] == ["nan", "nan", "nan"] and " - " in line[3]  # nothing served, no counter
+
+
 def test_corruptor_replaces_the_requested_fraction(bench):
     match = np.zeros((2, 8, 8, 3), np.float32)
     corrupt = bench.Corruptor(outlier_ratio=0.25, noise=0.0, seed=1)
@@ -67,8 +119,11 @@ def test_corruptor_replaces_the_requested_fraction(bench):
 def test_arguments_are_checked(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--frames", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--network-objects", "5"])
     args = bench.parse_args([])
     assert args.frames == 30 and args.mem_frames == 10000 and args.objects == [1, 5]
+    assert args.network_objects == [1, 3] and args.load_rates == [30.0, 100.0] and args.load_seconds > 0
 
 
 def test_require_cuda_exits_cleanly_without_cuda(bench, capsys):
@@ -167,6 +222,15 @@ def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path, caps
             str(tmp_path / "out"),
             "--json",
             str(out_json),
+            "--network-objects",
+            "1",
+            "3",
+            "--calib-videos",
+            "1",
+            "--load-seconds",
+            "2",
+            "--load-rates",
+            "20",
         ]
     )
     assert status == 0
@@ -177,13 +241,18 @@ def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path, caps
         assert stage in head.split()
     assert "load average" in text and "intra-op threads" in text and "random init" in text
     assert "mesh of " in text and " triangles" in text
-    for label in ("ours ort-cpu", "ours torch-cpu", "reference cpu"):
-        for n in (1, 5):
-            row = next(
-                ln for ln in lines if ln.startswith(label) and ln.split()[len(label.split())] == str(n)
-            )
+    expected = {"ours ort-cpu": ("oracle", (1, 5)), "ours torch-cpu": ("oracle", (1, 5)),
+                "reference cpu": ("oracle", (1, 5)), bench.NET_FP32: ("network", (1, 3)),
+                bench.NET_INT8: ("network", (1, 3))}
+    for label, (source, counts) in expected.items():
+        k = len(label.split())
+        for n in counts:
+            row = next(ln for ln in lines if ln.startswith(label) and ln.split()[k + 1] == str(n))
+            assert row.split()[k] == source, row
             values = _numbers(row)[3:]  # after objects, "p50" is not a number, count
             assert values and all(np.isfinite(values)), row
+    assert "input 'network'" in text and "INT8 model: " in text and "quantized now" in text
+    assert "int8 / fp32 on the network rows" in text
     assert "speed-up (reference p50 / ours p50)" in text
     assert "RSS after 100 frames" in text and "targets" in text
     payload = json.loads(out_json.read_text())
@@ -194,6 +263,13 @@ def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path, caps
             assert np.isfinite(row[stage]) and row[stage] >= 0, (stage, row)
         assert row[bench.E2E] >= row["model"]
     assert payload["memory"]["frames"] == 110 and np.isfinite(payload["memory"]["rss_growth_mib"])
+    assert payload["inputs"][bench.NET_INT8] == "network" and payload["inputs"]["ours ort-cpu"] == "oracle"
+    net = [r for key, rows in payload["samples"].items() if key.startswith("net ") for r in rows]
+    assert len(net) == 2 * 2 * 2  # fp32 and int8 x 2 held-out frames x 2 frames
+    (load,) = payload["load_test"]  # one rate
+    assert load["rate_hz"] == 20.0 and load["sent"] > 10 and 0 < load["served"] <= load["sent"]
+    assert load["stale"] >= 0 and np.isfinite(load["p50_ms"]) and load["p50_ms"] > 0
+    assert "load test:" in text and "node exit status after SIGINT: 0" in text
 
 
 def test_backend_rows_use_the_node_defaults(bench):
