@@ -1,6 +1,6 @@
 """Bag replay bring-up: ros2 bag play --clock (use_sim_time) + masks + cse_pose_node.
 
-    ros2 launch launch/bag.launch.py bag:=/data/my_table_bag category:=mug model_dir:=models
+    ros2 launch launch/bag.launch.py bag:=/data/my_table_bag category:=mug
     ros2 launch launch/bag.launch.py bag:=/data/kinect_bag record_camera:=kinect loop:=false
 
 Every argument and its default: ``ros2 launch launch/bag.launch.py --show-args``. What is started, the

@@ -1,6 +1,6 @@
 """Orbbec bring-up (Gemini 330, Femto, ...): orbbec_camera with depth_registration + masks + cse_pose_node.
 
-    ros2 launch launch/orbbec.launch.py category:=mug model_dir:=models
+    ros2 launch launch/orbbec.launch.py category:=mug
     ros2 launch launch/orbbec.launch.py orbbec_launch:=femto_bolt.launch.py category:=can
 
 Every argument and its default: ``ros2 launch launch/orbbec.launch.py --show-args``. What is started, the

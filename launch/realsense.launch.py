@@ -1,6 +1,6 @@
 """Intel RealSense D400 bring-up: realsense2_camera (depth aligned to colour) + masks + cse_pose_node.
 
-    ros2 launch launch/realsense.launch.py category:=mug model_dir:=models
+    ros2 launch launch/realsense.launch.py category:=mug
     ros2 launch launch/realsense.launch.py mask_source:=external mask_topic:=/my_seg/instances rviz:=true
 
 Every argument and its default: ``ros2 launch launch/realsense.launch.py --show-args``. What is started, the

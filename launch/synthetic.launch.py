@@ -1,6 +1,6 @@
 """Synthetic camera bring-up (the scene of `make demo`): synthetic RGB-D camera + its masks + cse_pose_node.
 
-    ros2 launch launch/synthetic.launch.py category:=mug model_dir:=models rviz:=true
+    ros2 launch launch/synthetic.launch.py category:=mug rviz:=true
 
 Every argument and its default: ``ros2 launch launch/synthetic.launch.py --show-args``. What is started, the
 topics and the recommended parameters are decided in ``cse_pose_ros/bringup.py`` (pure Python, tested by

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     symmetric = is_symmetric(category)
     domain = int(os.environ.get("ROS_DOMAIN_ID") or 1 + os.getpid() % 100)
-    env = ros_env(domain, large_frames_env(out / "fastdds_large_shm.xml"))
+    env = ros_env(domain, large_frames_env())
     for k, v in env.items():
         if k.startswith(("RMW_", "ROS_", "FASTRTPS_", "FASTDDS_")):
             os.environ[k] = v

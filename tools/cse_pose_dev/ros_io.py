@@ -5,11 +5,14 @@
 * :func:`ros_env`, :func:`start_node`, :func:`stop_process`: run ``python -m cse_pose_ros`` as a separate
   process on a private DDS domain (localhost only), and always stop it.
 * :func:`spin_until`: spin a node until a condition holds or a timeout passes.
+* :func:`launch_env`, :func:`start_launch`, :func:`ros2_cli`: run ``ros2 launch`` / ``ros2 param ...`` against
+  the source packages, registered in an ament prefix by :mod:`cse_pose_dev.ament_prefix`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,8 +30,8 @@ def time_msg(seconds: float):
     """builtin_interfaces/Time of ``seconds`` (float, e.g. ``time.time()``)."""
     from builtin_interfaces.msg import Time
 
-    sec = int(np.floor(seconds))
-    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    total_ns = int(round(float(seconds) * 1e9))  # rounding may carry into the seconds (x.9999999998 s)
+    return Time(sec=total_ns // 1_000_000_000, nanosec=total_ns % 1_000_000_000)
 
 
 def stamp_seconds(stamp) -> float:
@@ -71,43 +74,6 @@ def frame_messages(rgb: np.ndarray, depth_m: np.ndarray, mask: np.ndarray, K: np
             camera_info(K, w, h, header))
 
 
-FASTDDS_LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Fast DDS participant profile: shared-memory segments large enough for 640x480 RGB-D frames.
-     With the default 512 KiB segment, an RGB image (900 KiB) falls back to fragmented best-effort UDP and most
-     frames are lost (measured here: 8 of 40 frames at 10 Hz arrive; 40 of 40 with this profile). -->
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>shm_large</transport_id>
-      <type>SHM</type>
-      <segment_size>{segment_bytes}</segment_size>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>udp</transport_id>
-      <type>UDPv4</type>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="cse_pose_large_shm" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>shm_large</transport_id>
-        <transport_id>udp</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
-
-
-def write_fastdds_profile(path: str | Path, segment_mib: int = 16) -> Path:
-    """Write :data:`FASTDDS_LARGE_SHM_PROFILE` (shared-memory segment of ``segment_mib`` MiB) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(FASTDDS_LARGE_SHM_PROFILE.format(segment_bytes=int(segment_mib) * 1024 * 1024))
-    return path
-
-
 def ros_env(domain_id: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for a child ROS process on a private DDS domain, discovery limited to this host."""
     env = dict(os.environ)
@@ -119,12 +85,14 @@ def ros_env(domain_id: int, extra: Mapping[str, str] | None = None) -> dict[str,
     return env
 
 
-def large_frames_env(profile_path: str | Path) -> dict[str, str]:
-    """Env entries that make Fast DDS load the large-SHM profile (unless the user set a profile already)."""
-    if os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
-        return {}
-    path = str(write_fastdds_profile(profile_path))
-    return {"FASTRTPS_DEFAULT_PROFILES_FILE": path, "FASTDDS_DEFAULT_PROFILES_FILE": path}
+def large_frames_env() -> dict[str, str]:
+    """Env entries that make Fast DDS load the package's profile for camera-sized messages (16 MiB shared-memory
+    segments; ``cse_pose_ros/config/fastdds_large_frames.xml``, the file the launch files use), unless the user
+    set a profiles file already. With Fast DDS's default 512 KiB segment, 640x480 images fall back to UDP and
+    most are lost."""
+    from cse_pose_ros.launch_args import fastdds_profile_env, share_directory
+
+    return fastdds_profile_env(share_directory())
 
 
 def start_node(ros_args: Sequence[str], env: Mapping[str, str], log_path: str | Path | None = None,
@@ -135,8 +103,12 @@ def start_node(ros_args: Sequence[str], env: Mapping[str, str], log_path: str | 
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_process(proc: subprocess.Popen | None, timeout_s: float = 5.0) -> int | None:
-    """SIGINT, then SIGKILL after ``timeout_s``; returns the exit code (None if it was never started)."""
+def stop_process(proc: subprocess.Popen | None, timeout_s: float = 5.0, group: bool = False) -> int | None:
+    """SIGINT, then SIGKILL after ``timeout_s``; returns the exit code (None if it was never started).
+
+    ``group``: also SIGKILL whatever is left of the process's group afterwards (what ``ros2 launch``, started
+    by :func:`start_launch` in its own group, may have left running).
+    """
     if proc is None:
         return None
     if proc.poll() is None:
@@ -146,7 +118,63 @@ def stop_process(proc: subprocess.Popen | None, timeout_s: float = 5.0) -> int |
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout_s)
+    if group:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # nothing left: the normal case
+            pass
     return proc.returncode
+
+
+def group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of ``proc``'s process group (its own session, :func:`start_launch`) still runs."""
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ros2_executable() -> str:
+    """The ``ros2`` command next to this interpreter (a venv with the ROS 2 CLI wheels), else on PATH; or ''."""
+    here = Path(sys.executable).with_name("ros2")
+    if here.is_file():
+        return str(here)
+    return shutil.which("ros2") or ""
+
+
+def launch_env(domain_id: int, ament_prefix: str | Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:func:`ros_env` plus ``AMENT_PREFIX_PATH`` = ``ament_prefix`` first, then this interpreter's prefix.
+
+    A Fast DDS profiles file chosen in the caller's environment is dropped, so that the launch files apply the
+    package's own (pass one in ``extra`` to test the opposite).
+    """
+    env = ros_env(domain_id)
+    for name in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        env.pop(name, None)
+    paths = [str(ament_prefix), sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
+                                              if p]
+    env["AMENT_PREFIX_PATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra or {})
+    return env
+
+
+def start_launch(launch_args: Sequence[str], env: Mapping[str, str], log_path: str | Path,
+                 cwd: str | Path | None = None) -> subprocess.Popen:
+    """Start ``ros2 launch <launch_args>`` in its own session (one process group: :func:`stop_process` with
+    ``group=True`` leaves nothing behind); stdout and stderr to ``log_path``."""
+    with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([ros2_executable(), "launch", *launch_args], env=dict(env), cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def ros2_cli(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+    """Run ``ros2 <args>`` (e.g. ``param get /node name``) to completion; ``--no-daemon`` is the caller's to add
+    where the verb takes it (a daemon would outlive the test)."""
+    return subprocess.run([ros2_executable(), *args], env=dict(env), capture_output=True, text=True,
+                          timeout=timeout_s)
 
 
 @contextmanager
@@ -167,6 +195,16 @@ def probe_node(name: str, domain_id: int, namespace: str = "") -> Iterator:
     finally:
         node.destroy_node()
         ctx.try_shutdown()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, step_s: float = 0.05) -> bool:
+    """Poll ``condition()`` every ``step_s`` until it is true (True) or ``timeout_s`` passed (its last value)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(step_s)
+    return condition()
 
 
 def spin_until(node, condition: Callable[[], bool], timeout_s: float, executor=None) -> bool:

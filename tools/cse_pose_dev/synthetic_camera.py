@@ -34,6 +34,8 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from cse_pose_ros.runner import is_shutdown, quiet_sigint, shut_down
+
 from .oracle import DEFAULT_EXTENTS
 from .ros_io import frame_messages
 
@@ -153,6 +155,7 @@ class SyntheticCamera(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: ``python -m cse_pose_dev.synthetic_camera [--ros-args ...]``."""
+    quiet_sigint()  # Ctrl-C (also from ros2 launch) ends with 0 and no traceback, as the package's nodes
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     try:
@@ -166,12 +169,12 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, RuntimeError) as exc:
+        if is_shutdown(exc):  # the context went away under the executor (Ctrl-C)
+            return 0
         rclpy.logging.get_logger("synthetic_camera").fatal(str(exc))
         return 2
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        shut_down(node)
     return 0
 
 

@@ -1,4 +1,10 @@
-"""ament_python package: cse_pose_ros, the ROS 2 node over the ROS-free runtime ``cse_pose``."""
+"""ament_python package: cse_pose_ros, the ROS 2 node over the ROS-free runtime ``cse_pose``.
+
+``models`` is a symbolic link to the repository's ``models/`` folder: its ``<category>.onnx`` files and model
+cards are installed into ``share/cse_pose_ros/models``, the default ``model_dir`` of the launch files. The link
+(rather than a ``../../../models`` path) keeps working in colcon's build folder, wherever ``--build-base``
+puts it; where the folder is absent (a copy of the package alone) the package installs without models.
+"""
 
 from glob import glob
 
@@ -14,8 +20,9 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+        (f"share/{PACKAGE}/models", sorted(glob("models/*.onnx") + glob("models/*.md"))),
     ],
     install_requires=["setuptools", "numpy", "cse_pose"],
     zip_safe=True,
@@ -26,8 +33,8 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "cse_pose_node = cse_pose_ros.node:main",
-            "tabletop_mask_node = cse_pose_ros.tabletop_mask:main",
+            "cse_pose_node = cse_pose_ros.runner:pose_node_main",
+            "tabletop_mask_node = cse_pose_ros.runner:tabletop_mask_main",
         ],
     },
 )

@@ -2,6 +2,6 @@
 
 import sys
 
-from .node import main
+from .runner import pose_node_main
 
-sys.exit(main())
+sys.exit(pose_node_main())

@@ -32,8 +32,12 @@ from .launch_args import (
     PACKAGE,
     TOPIC_ARGUMENTS,
     LaunchArgument,
+    fastdds_profile_env,
+    installed_model_dir,
     node_config,
     parse_bool,
+    rviz_problem,
+    share_directory,
 )
 
 TABLETOP_EXECUTABLE = "tabletop_mask_node"
@@ -240,7 +244,8 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """A ROS node (launch_ros ``Node``); ``remappings`` are (node's own topic, actual topic)."""
+    """A ROS node (launch_ros ``Node``); ``remappings`` are (node's own topic, actual topic);
+    ``ends_launch``: its exit shuts the whole launch down (RViz: closing its window ends the bring-up)."""
 
     package: str
     executable: str
@@ -249,6 +254,7 @@ class NodeSpec:
     parameters: tuple = ()
     remappings: tuple[tuple[str, str], ...] = ()
     arguments: tuple[str, ...] = ()
+    ends_launch: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,8 +282,8 @@ def make_plan(camera: str, args: Mapping[str, str], share_dir: str = "") -> Brin
     Args:
         camera: a key of :data:`CAMERAS`.
         args: argument name -> value; missing ones take their defaults; unknown names raise ValueError.
-        share_dir: the installed share directory of cse_pose_ros (for ``config/pose.yaml`` and
-            ``rviz/pose.rviz``); empty in tests.
+        share_dir: the installed share directory of cse_pose_ros (for ``config/pose.yaml``,
+            ``rviz/pose.rviz`` and the default ``model_dir``, ``models/``); empty in tests.
     Raises:
         ValueError: unknown argument, bad value, or a required argument missing (``bag``).
     """
@@ -338,7 +344,7 @@ def make_plan(camera: str, args: Mapping[str, str], share_dir: str = "") -> Brin
     pose_args.update(rgb_topic=topics["rgb"], depth_topic=topics["depth"], mask_topic=mask_topic,
                      camera_info_topic=topics["camera_info"])
     default_params = os.path.join(share_dir, "config", "pose.yaml") if share_dir else ""
-    parameters, remappings = node_config(pose_args, default_params)
+    parameters, remappings = node_config(pose_args, default_params, installed_model_dir(share_dir))
     if not v["params_file"] and cam.recommended:
         parameters.insert(len(parameters) - 1, dict(cam.recommended))  # after the package defaults
     nodes.append(NodeSpec(PACKAGE, NODE_NAME, NODE_NAME, v["namespace"], tuple(parameters), tuple(remappings),
@@ -346,7 +352,7 @@ def make_plan(camera: str, args: Mapping[str, str], share_dir: str = "") -> Brin
     if parse_bool("rviz", v["rviz"]):
         rviz_config = os.path.join(share_dir, "rviz", "pose.rviz") if share_dir else "pose.rviz"
         nodes.append(NodeSpec("rviz2", "rviz2", "rviz2", "", ({"use_sim_time": use_sim_time},), (),
-                              ("-d", rviz_config)))
+                              ("-d", rviz_config), ends_launch=True))
     return BringupPlan(camera, topics, mask_source, tuple(includes), tuple(processes), tuple(nodes))
 
 
@@ -396,7 +402,10 @@ def launch_description(camera: str):
     """The ``LaunchDescription`` of ``launch/<camera>.launch.py`` (needs ``launch`` and ``launch_ros``).
 
     Declares :func:`bringup_arguments` and, when the launch runs, evaluates :func:`make_plan` and turns it
-    into IncludeLaunchDescription / ExecuteProcess / Node actions.
+    into IncludeLaunchDescription / ExecuteProcess / Node actions, after SetEnvironmentVariable actions that
+    give every started process the package's Fast DDS profile for camera-sized messages (unless the user set
+    a profiles file). ``rviz:=true`` without RViz installed raises before any action is returned: nothing
+    starts.
     """
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
@@ -410,14 +419,17 @@ def launch_description(camera: str):
 def _launch_actions(context, camera: str) -> list:
     """OpaqueFunction body: argument values -> plan -> launch actions."""
     from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    from launch.actions import ExecuteProcess, IncludeLaunchDescription
+    from launch.actions import ExecuteProcess, IncludeLaunchDescription, SetEnvironmentVariable, Shutdown
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in bringup_arguments(camera)}
-    plan = make_plan(camera, values, get_package_share_directory(PACKAGE))
-    actions: list = []
+    own_share = share_directory()
+    plan = make_plan(camera, values, own_share)
+    if any(n.package == "rviz2" for n in plan.nodes) and rviz_problem():
+        raise RuntimeError(f"{camera}.launch.py: {rviz_problem()}")
+    actions: list = [SetEnvironmentVariable(name, value) for name, value in fastdds_profile_env(own_share).items()]
     for inc in plan.includes:
         try:
             share = get_package_share_directory(inc.package)
@@ -430,7 +442,8 @@ def _launch_actions(context, camera: str) -> list:
     for proc in plan.processes:
         actions.append(ExecuteProcess(cmd=list(proc.cmd), name=proc.name, output="screen"))
     for n in plan.nodes:
+        extra = {"on_exit": Shutdown(reason=f"{n.name} exited")} if n.ends_launch else {}
         actions.append(Node(package=n.package, executable=n.executable, name=n.name, namespace=n.namespace,
                             parameters=list(n.parameters), remappings=list(n.remappings),
-                            arguments=list(n.arguments), output="screen", emulate_tty=True))
+                            arguments=list(n.arguments), output="screen", emulate_tty=True, **extra))
     return actions

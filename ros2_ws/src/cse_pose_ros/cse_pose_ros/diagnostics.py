@@ -8,7 +8,11 @@ reported) and of processing times (for the rate). :func:`build_status` turns a s
 ``rate_hz``, ``frames_received``, ``frames_processed``, ``frames_rejected``, ``poses_published``,
 ``instances_untrusted``, ``skip.<reason>`` (frames or instances skipped for that reason),
 ``latency_p50_ms.<stage>`` (stages decode, crop, model, select, solve, pose, refine, publish, total),
-``model.<category>`` and anything passed as ``extra`` (synchroniser drop counters, model errors).
+``model.<category>`` and anything passed as ``extra``. The pose node's extras: ``input_messages.<input>``,
+``frames_not_served_in_a_row`` (RGB messages since the last served frame; ``warn_after_skipped_frames`` of
+them turn the level WARN), ``sync_dropped.<input>[.<reason>]`` (reasons in :mod:`cse_pose.sync`),
+``time_jumps`` and ``last_time_jump``, ``camera.rectified`` (the CameraInfo has lens distortion that the node
+undoes) and ``model_error``.
 """
 
 from __future__ import annotations

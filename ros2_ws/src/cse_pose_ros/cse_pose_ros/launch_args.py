@@ -1,7 +1,10 @@
 """Launch arguments of ``pose.launch.py`` and their mapping to node parameters and remappings.
 
 Pure Python (no ``launch`` import) so that the mapping is tested everywhere; ``launch/pose.launch.py``
-declares :data:`LAUNCH_ARGUMENTS` and calls :func:`node_config` on the evaluated values.
+declares :data:`LAUNCH_ARGUMENTS` and calls :func:`node_config` on the evaluated values. Also here, for every
+launch file of the package: where the installed share folder is (:func:`share_directory`), the Fast DDS
+profile for camera-sized messages the launched processes get (:func:`fastdds_profile_env`) and the check that
+RViz exists before anything is started (:func:`rviz_problem`).
 
 Topic defaults follow the RealSense ROS 2 wrapper with ``align_depth`` on; the mask topic is whatever
 the segmenter publishes (``mono8``/``mono16``/``32SC1`` instance ids, 0 = background).
@@ -9,7 +12,10 @@ the segmenter publishes (``mono8``/``mono16``/``32SC1`` instance ids, 0 = backgr
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .params import BACKENDS
 
@@ -41,7 +47,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("mask_topic", "/segmentation/instance_mask",
                    "Instance mask aligned with the RGB image (mono8/mono16/32SC1, 0 = background)."),
     LaunchArgument("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the RGB image."),
-    LaunchArgument("model_dir", "", "Directory of <category>.onnx models; empty: the params file value."),
+    LaunchArgument("model_dir", "", "Directory of <category>.onnx models; empty: the models installed with the "
+                   "package (share/cse_pose_ros/models), or the params file's value when params_file is given."),
     LaunchArgument("category", "", "Category of every instance id of the mask (mug, bottle, ...); empty: the "
                    "params file value."),
     LaunchArgument("backend", "", f"Model runtime ({'|'.join(BACKENDS)}); empty: the params file value."),
@@ -72,13 +79,16 @@ def parse_bool(name: str, text: str) -> bool:
     raise ValueError(f"launch argument {name}:={text!r} is not a boolean (true|false)")
 
 
-def node_config(args: dict[str, str],
-                default_params_file: str = "") -> tuple[list[dict | str], list[tuple[str, str]]]:
+def node_config(args: dict[str, str], default_params_file: str = "",
+                default_model_dir: str = "") -> tuple[list[dict | str], list[tuple[str, str]]]:
     """Map launch argument values to the node's ``parameters`` and ``remappings`` (launch_ros ``Node``).
 
     ``args``: argument name → string value; missing names take their defaults, unknown names raise
     ValueError. ``default_params_file``: used when ``params_file`` is empty (the launch file passes the
-    installed ``config/pose.yaml``). Returns ``parameters`` = [params file (if any), overrides dict]
+    installed ``config/pose.yaml``). ``default_model_dir``: the ``model_dir`` used when both ``model_dir``
+    and ``params_file`` are empty (the launch file passes the installed ``models`` folder; the package's
+    ``config/pose.yaml`` holds the node's own default, ``models`` relative to the working directory, which
+    a launch from anywhere would miss). Returns ``parameters`` = [params file (if any), overrides dict]
     (later entries win, so the explicit ``model_dir``/``backend`` arguments override the file) and
     ``remappings`` = [(node input topic, launch topic)] for the four inputs.
     """
@@ -95,6 +105,8 @@ def node_config(args: dict[str, str],
     for name in ("model_dir", "category"):
         if values[name].strip():
             overrides[name] = values[name].strip()
+    if "model_dir" not in overrides and not values["params_file"].strip() and default_model_dir:
+        overrides["model_dir"] = default_model_dir
     backend = values["backend"].strip()
     if backend:
         if backend not in BACKENDS:
@@ -113,3 +125,55 @@ def node_config(args: dict[str, str],
     if values["log_level"].strip().lower() not in LOG_LEVELS:
         raise ValueError(f"launch argument log_level:={values['log_level']!r} is not one of {LOG_LEVELS}")
     return parameters, remappings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what every launch file of the package needs besides the arguments
+# ---------------------------------------------------------------------------------------------------------------
+FASTDDS_PROFILE = "fastdds_large_frames.xml"
+"""Fast DDS profile shipped in ``config/`` (16 MiB shared-memory segments: camera images fit)."""
+FASTDDS_PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+"""Where Fast DDS 2.x (Jazzy) and 3.x look for a profiles file."""
+RVIZ_PACKAGE = "rviz2"
+
+
+def share_directory() -> str:
+    """The installed share folder of cse_pose_ros (ament index); else this source package's folder.
+
+    The source folder has the same layout as the share folder (``config/``, ``launch/``, ``rviz/``,
+    ``models/``), so a pip-only install (no ament index entry) still finds the package's files.
+    """
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return get_package_share_directory(PACKAGE)
+    except (ImportError, LookupError, OSError):  # not installed / not in the index / AMENT_PREFIX_PATH unset
+        return str(Path(__file__).resolve().parents[1])
+
+
+def installed_model_dir(share_dir: str) -> str:
+    """The models installed with the package: ``<share>/models`` (empty when there is no share folder)."""
+    return os.path.join(share_dir, "models") if share_dir else ""
+
+
+def fastdds_profile_env(share_dir: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Environment entries that give launched processes the shipped Fast DDS profile.
+
+    Empty when the user already chose a profiles file (either variable set in ``environ``): theirs wins.
+    """
+    if any(environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
+        return {}
+    path = os.path.join(share_dir, "config", FASTDDS_PROFILE)
+    return {name: path for name in FASTDDS_PROFILE_VARIABLES}
+
+
+def rviz_problem() -> str:
+    """Empty when RViz can be started (``rviz2`` in the ament index); else one line saying how to get it."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        get_package_prefix(RVIZ_PACKAGE)
+        return ""
+    except (ImportError, LookupError, OSError):
+        return (f"rviz:=true but {RVIZ_PACKAGE} is not installed (apt install ros-$ROS_DISTRO-rviz2, or run RViz "
+                "on another machine on the same ROS_DOMAIN_ID); nothing was started")

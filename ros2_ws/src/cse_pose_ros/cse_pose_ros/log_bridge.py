@@ -22,6 +22,8 @@ class RosLogHandler(logging.Handler):
         self.ros_logger = ros_logger
         self.throttle_s = float(throttle_s)
         self._last: dict[tuple[str, str], float] = {}
+        self.saved: tuple[int, bool] | None = None  # the logger's (level, propagate) before forwarding
+        self.unpropagated: list[logging.Logger] = []  # child loggers whose propagation we turned on
 
     def emit(self, record: logging.LogRecord) -> None:
         key = (record.name, str(record.msg))
@@ -49,11 +51,37 @@ class RosLogHandler(logging.Handler):
 
 def forward_python_logging(name: str, ros_logger: Any, throttle_s: float = 5.0) -> RosLogHandler:
     """Attach a :class:`RosLogHandler` to the Python logger ``name`` (INFO and above) and return it;
-    detach it with ``logging.getLogger(name).removeHandler(handler)``."""
+    :func:`stop_forwarding` detaches it and restores the logger's level and propagation."""
     handler = RosLogHandler(ros_logger, throttle_s)
     py_logger = logging.getLogger(name)
+    handler.saved = (py_logger.level, py_logger.propagate)
+    # Records of ``name.child`` reach the handler by propagation. A process that imported ``launch`` creates
+    # every later logger with propagate=False (launch's LaunchLogger class): turn it back on for ours.
+    for child in _children(name):
+        if not child.propagate:
+            child.propagate = True
+            handler.unpropagated.append(child)
     py_logger.addHandler(handler)
     if py_logger.level == logging.NOTSET or py_logger.level > logging.INFO:
         py_logger.setLevel(logging.INFO)
     py_logger.propagate = False  # the handler reports it; no second copy on stderr via the root logger
     return handler
+
+
+def stop_forwarding(name: str, handler: RosLogHandler) -> None:
+    """Undo :func:`forward_python_logging`."""
+    py_logger = logging.getLogger(name)
+    py_logger.removeHandler(handler)
+    for child in handler.unpropagated:
+        child.propagate = False
+    handler.unpropagated.clear()
+    if handler.saved is not None:
+        py_logger.setLevel(handler.saved[0])
+        py_logger.propagate = handler.saved[1]
+
+
+def _children(name: str) -> list[logging.Logger]:
+    """The existing loggers below ``name`` (``name.*``)."""
+    prefix = name + "."
+    return [lg for key, lg in logging.Logger.manager.loggerDict.items()
+            if key.startswith(prefix) and isinstance(lg, logging.Logger)]

@@ -1,4 +1,4 @@
-"""Output messages built from pose results: Pose/PoseArray, TF frame names and the MarkerArray.
+"""Output messages built from pose results: Pose/PoseArray, Detection3DArray, TF frame names, MarkerArray.
 
 All geometry is in the camera optical frame of the input image (x right, y down, z forward); object
 poses are ``p_cam = R @ p_obj + t_m`` with ``p_obj`` in the published object frame (origin at the 3D box
@@ -51,6 +51,33 @@ def pose_stamped(header: Header, R: np.ndarray, t_m: np.ndarray) -> PoseStamped:
 def pose_array(header: Header, poses: Iterable) -> PoseArray:
     """PoseArray of ``ObjectPose``-like objects (attributes ``R``, ``t_m``)."""
     return PoseArray(header=header, poses=[pose_msg(p.R, p.t_m) for p in poses])
+
+
+def detection_array(header: Header, instances: Iterable) -> object:
+    """vision_msgs/Detection3DArray: one Detection3D per instance (the node passes the trusted ones).
+
+    Per detection: ``id`` ``<category>_<instance id>``, ``bbox`` (centre = object pose, ``size`` = box
+    extents in m along the object axes) and one result: ``class_id`` = category, ``score`` = quality (0..1),
+    ``pose`` = object pose with ``covariance`` = :meth:`cse_pose.core.pose.ObjectPose.covariance` (6x6 row
+    major, x y z in m^2 then rotation about x y z in rad^2; diagonal and isotropic, so the same in any
+    frame). Imports vision_msgs (raises ImportError where it is not installed).
+    """
+    from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+
+    out = Detection3DArray(header=header)
+    for inst in instances:
+        pose = inst.pose
+        det = Detection3D(header=header, id=f"{inst.category}_{int(inst.instance_id)}")
+        det.bbox.center = pose_msg(pose.R, pose.t_m)
+        det.bbox.size = Vector3(**dict(zip("xyz", map(float, np.asarray(pose.size_m).reshape(3)), strict=True)))
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = inst.category
+        hyp.hypothesis.score = float(pose.quality)
+        hyp.pose.pose = det.bbox.center
+        hyp.pose.covariance = np.asarray(pose.covariance(), np.float64).reshape(36)
+        det.results = [hyp]
+        out.detections.append(det)
+    return out
 
 
 def tf_child_frame(prefix: str, category: str, instance_id: int) -> str:

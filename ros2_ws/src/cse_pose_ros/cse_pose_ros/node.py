@@ -5,26 +5,33 @@ Subscribes (remappable, sensor-data QoS, approximate-time synchronised): ``rgb/i
 ``class_map``), ``rgb/camera_info``.
 
 Publishes (output header = input RGB header: stamp and camera optical frame):
-``~/pose`` (PoseStamped, best trusted instance), ``~/poses`` (PoseArray, all trusted instances),
-``~/markers`` (MarkerArray, see :mod:`cse_pose_ros.markers`; untrusted poses appear grey with their
-score), ``~/debug_image`` (optional), TF ``<frame_prefix><category>_<id>`` (where tf2_ros exists),
-``~/detections`` (vision_msgs/Detection3DArray, where vision_msgs exists) and ``/diagnostics`` (~1 Hz:
-rate, per-stage p50 latency, frame counters, one counter per skip reason, model info).
+``~/pose`` (PoseStamped, the one followed trusted instance, :mod:`cse_pose.target`), ``~/poses``
+(PoseArray, all trusted instances), ``~/markers`` (MarkerArray, see :mod:`cse_pose_ros.markers`; untrusted
+poses appear grey with their score), ``~/debug_image`` (optional), TF ``<frame_prefix><category>_<id>``
+(where tf2_ros exists), ``~/detections`` (vision_msgs/Detection3DArray of the trusted instances with
+score, size and pose covariance, where vision_msgs exists) and ``/diagnostics`` (~1 Hz: rate, per-stage p50
+latency, frame counters, one counter per skip reason, synchroniser drops and time jumps, model info).
 
-The frame callback stays thin: decode (views on the message buffers) -> :class:`cse_pose.pipeline.PosePipeline`
-(which also does the optional ICP refinement and temporal smoothing) -> messages. The pipeline's Python
-``logging`` records reach /rosout through :mod:`cse_pose_ros.log_bridge`. Everything else (model loading, warm-up,
-publishers, constants) happens once at start-up. Bad input never raises out of the callback: each
-problem is a *reason*, counted in diagnostics and logged at most once per ``log_throttle_s`` per reason,
-and nothing is published for that frame (or instance). A missing or broken model leaves the node up,
-serving nothing, with diagnostics at ERROR.
+Callbacks, each thin: the synchroniser (:mod:`cse_pose_ros.sync`, always the ROS-free policy) hands each set to
+:class:`~cse_pose_ros.frame_slot.FrameWorker`, whose thread runs :meth:`PoseNode._on_frame` on the newest set
+(older unserved sets are dropped, ``frames_dropped_stale``; diagnostics run on that thread too), and calls
+:meth:`PoseNode._on_time_jump` when the stamps jump (which only marks the temporal state for a reset at the next
+frame, on the frame thread). ``_on_frame``: decode (views on the message buffers; a distorted stream is
+rectified, :class:`cse_pose.core.camera.Rectifier`) -> :class:`cse_pose.pipeline.PosePipeline` (which also does
+the optional ICP refinement and temporal smoothing) -> messages. The pipeline's Python ``logging`` records reach
+/rosout through :mod:`cse_pose_ros.log_bridge`.
+Everything else (model loading, warm-up, publishers, constants) happens once at start-up. Bad input never
+raises out of the callback: each problem is a *reason*, counted in diagnostics and logged at most once per
+``log_throttle_s`` per reason, and nothing is published for that frame (or instance). A missing or broken
+model leaves the node up, serving nothing, with diagnostics at ERROR; ``warn_after_skipped_frames`` RGB
+frames in a row not served turn them WARN with the cause.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,22 +40,34 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
 
-from cse_pose.core.camera import decode_depth, scale_intrinsics
+from cse_pose.core.camera import Rectifier, decode_depth, distortion_coefficients, intrinsics_for_image
 from cse_pose.core.errors import PoseError
 from cse_pose.core.rotation import quaternion_from_matrix
 from cse_pose.display import DisplayMeshes, draw_instances, neutral_vertices
 from cse_pose.inference import ModelError, find_models, load_model
 from cse_pose.instances import instance_classes
 from cse_pose.pipeline import PipelineParams, PosePipeline
+from cse_pose.sync import (
+    DROP_DUPLICATE,
+    DROP_LATE,
+    DROP_NO_HEADER,
+    DROP_QUEUE_OVERFLOW,
+    DROP_SUPERSEDED,
+    DROP_TIME_JUMP,
+    TimeJump,
+)
+from cse_pose.target import PoseTarget
 
 from . import diagnostics as diag
 from .conversions import ConversionError, camera_info_to_K, image_to_numpy, numpy_to_image
-from .log_bridge import forward_python_logging
-from .markers import build_marker_array, pose_array, pose_stamped, tf_child_frame
+from .frame_slot import DROPPED_KEY, FrameWorker, input_qos
+from .launch_args import installed_model_dir, share_directory
+from .log_bridge import forward_python_logging, stop_forwarding
+from .markers import build_marker_array, detection_array, pose_array, pose_stamped, tf_child_frame
 from .params import NodeParams, apply_changes, declare_parameters
 from .runner import run_node
 from .sync import make_subscriber, make_synchronizer
@@ -62,6 +81,22 @@ REASON_SIZE_MISMATCH = "size_mismatch"
 REASON_NO_VALID_DEPTH = "no_valid_depth"
 REASON_EMPTY_MASK = "empty_mask"
 REASON_INTERNAL = "internal_error"
+REASON_TIME_JUMP = "time_jump"
+REASON_UNSYNCHRONIZED = "unsynchronized"
+
+#: Why the synchroniser drops a message, for logs and diagnostics (formatted with the node's parameters).
+SYNC_DROP_CAUSES: dict[str, str] = {
+    DROP_SUPERSEDED: "no partner on every input within sync_slop_s={sync_slop_s} s (stamps further apart "
+                     "than the slop, or an input missing)",
+    DROP_QUEUE_OVERFLOW: "sync_queue_size={sync_queue_size} filled before the partners arrived (an input "
+                         "missing, much slower, or lagging)",
+    DROP_LATE: "stamped before the last served frame (stamps went backwards by less than "
+               "time_jump_threshold_s={time_jump_threshold_s} s)",
+    DROP_TIME_JUMP: "queued when the stamps jumped by more than time_jump_threshold_s={time_jump_threshold_s} "
+                    "s (synchroniser restarted)",
+    DROP_DUPLICATE: "a second message with the same stamp replaced the first",
+    DROP_NO_HEADER: "no header stamp",
+}
 
 
 @dataclass
@@ -96,7 +131,18 @@ class PoseNode(Node):
         self._reason_loggers: dict[str, object] = {}
         self._input_counts = dict.fromkeys(INPUTS, 0)
         self._last_sync_drops: dict[str, int] = {}
-        self._k_cache: tuple | None = None
+        self._camera_cache: tuple | None = None  # (CameraInfo key, K, Rectifier or None)
+        # what "not served" is measured from: input counts, sync drops and skips since the last served frame
+        self._served_inputs = dict.fromkeys(INPUTS, 0)
+        self._served_drops: dict[str, int] = {}
+        self._skips_since_served: Counter[str] = Counter()
+        self._skip_text: dict[str, str] = {}
+        # time jumps: counted by the synchroniser's callback, applied to the temporal state by _on_frame
+        self._time_jumps = 0
+        self._jumps_reported = 0
+        self._last_jump = ""
+        self._reset_pending = False
+        self._target = PoseTarget()
 
         self._category = self._p.category
         self._class_map = self._p.class_map_dict()
@@ -117,15 +163,18 @@ class PoseNode(Node):
         self._detections = self._make_detections_publisher(reliable)
 
         types = (Image, Image, Image, CameraInfo)
-        self._subs = [make_subscriber(self, t, name, qos_profile_sensor_data) for t, name in zip(types, INPUTS,
-                                                                                               strict=True)]
+        self._subs = [make_subscriber(self, t, name, input_qos()) for t, name in zip(types, INPUTS, strict=True)]
         for sub, name in zip(self._subs, INPUTS, strict=True):
             sub.registerCallback(self._count_input, name)
-        self._sync = make_synchronizer(self, self._subs, self._p.sync_queue_size, self._p.sync_slop_s)
-        self._sync.registerCallback(self._on_frame)
+        self._sync = make_synchronizer(self, self._subs, self._p.sync_queue_size, self._p.sync_slop_s,
+                                       jump_threshold=self._p.time_jump_threshold_s)
+        self._sync.on_time_jump = self._on_time_jump
+        self._worker = FrameWorker(self._on_frame)  # newest frame first, on its own thread
+        self._sync.registerCallback(self._worker.submit)
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._diag_timer = self.create_timer(self._p.diagnostics_period_s, self._publish_diagnostics)
+        self._diag_timer = self.create_timer(self._p.diagnostics_period_s,
+                                             lambda: self._worker.call_soon(self._publish_diagnostics))
         served = ", ".join(f"{c} ({m.name})" for c, m in self._models.items()) or "nothing"
         self.get_logger().info(f"ready: serving {served}; inputs {', '.join(self._resolved_inputs())}")
 
@@ -138,8 +187,12 @@ class PoseNode(Node):
             seed=None if p.ransac_seed < 0 else p.ransac_seed, depth_sampling=p.depth_sampling,
             refine=p.refine and self._open3d_ok, refine_max_distance_m=p.refine_max_distance_m,
             refine_iterations=p.refine_iterations, smoothing_alpha=p.smoothing_alpha,
-            smoothing_timeout_s=p.smoothing_timeout_s,
+            smoothing_timeout_s=p.smoothing_timeout_s, verify_categories=p.verify_category_list(),
         )
+
+    def _model_dir(self) -> str:
+        """``model_dir``, or the models installed with the package when it is empty."""
+        return self._p.model_dir or installed_model_dir(share_directory())
 
     def _wanted_categories(self, available: Sequence[str]) -> list[str]:
         """Categories to load: those of class_map, or ``category``, or the single available model."""
@@ -151,7 +204,7 @@ class PoseNode(Node):
             return list(available)
         if not available:
             return []
-        raise ModelError(self._p.model_dir, f"several models ({', '.join(available)}): set 'category' "
+        raise ModelError(self._model_dir(), f"several models ({', '.join(available)}): set 'category' "
                                             "(one category for every instance) or 'class_map'")
 
     def _load_models(self) -> tuple[dict, str]:
@@ -169,13 +222,13 @@ class PoseNode(Node):
                     raise ModelError(",".join(explicit), f"no model for category {', '.join(missing)}")
                 models = {c: found[c] for c in wanted}
             else:
-                paths = find_models(self._p.model_dir)
+                paths = find_models(self._model_dir())
                 wanted = self._wanted_categories(list(paths))
                 if not wanted:
-                    raise ModelError(self._p.model_dir, "no <category>.onnx model file in this folder")
+                    raise ModelError(self._model_dir(), "no <category>.onnx model file in this folder")
                 missing = [c for c in wanted if c not in paths]
                 if missing:
-                    raise ModelError(self._p.model_dir, f"no model file for category {', '.join(missing)}")
+                    raise ModelError(self._model_dir(), f"no model file for category {', '.join(missing)}")
                 models = {c: load_model(paths[c], self._p.backend, intra_op_threads=self._p.intra_op_threads)
                           for c in wanted}
             for c, m in models.items():
@@ -256,16 +309,31 @@ class PoseNode(Node):
 
     def _reject(self, reason: str, text: str) -> None:
         self._stats.frame_rejected(reason)
+        self._skips_since_served[reason] += 1
+        self._skip_text[reason] = text
         self._warn(reason, f"frame skipped: {text}")
 
-    # -- the frame callback ---------------------------------------------------------------------------
+    # -- the callbacks ------------------------------------------------------------------------------------
     def _count_input(self, msg, name: str) -> None:
         self._input_counts[name] += 1
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        """Synchroniser restarted on a stamp jump: count, log (throttled), reset the temporal state at the
+        next frame (on the thread that runs the pipeline)."""
+        self._time_jumps += 1
+        self._last_jump = (f"{jump.describe(INPUTS)} (more than time_jump_threshold_s="
+                           f"{self._p.time_jump_threshold_s} s: clock jump, bag loop or camera reset); "
+                           f"synchroniser, smoothing and ~/pose target restarted, {jump.dropped} queued "
+                           "message(s) dropped")
+        self._reset_pending = True
+        self._warn(REASON_TIME_JUMP, self._last_jump)
 
     def _on_frame(self, rgb_msg: Image, depth_msg: Image, mask_msg: Image, info_msg: CameraInfo) -> None:
         """Synchronised frame: decode -> pipeline (with refine/smoothing) -> publish. Never raises."""
         t0 = time.perf_counter()
         self._stats.frame_received()
+        if self._reset_pending:
+            self._reset_temporal_state()
         if self._pipeline is None:
             self._reject(REASON_NO_MODEL, self._model_error or "no model loaded")
             return
@@ -296,6 +364,20 @@ class PoseNode(Node):
         timings["publish"] = (time.perf_counter() - t2) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         self._stats.frame_processed(timings, published)
+        self._mark_served()
+
+    def _reset_temporal_state(self) -> None:
+        """After a time jump: forget smoothing tracks and the followed ~/pose object."""
+        self._reset_pending = False
+        if self._pipeline is not None:
+            self._pipeline.reset()
+        self._target.reset()
+
+    def _mark_served(self) -> None:
+        """A frame was served: "not served" counts start again from here."""
+        self._served_inputs = dict(self._input_counts)
+        self._served_drops = self._sync_drops()
+        self._skips_since_served.clear()
 
     def _decode(self, rgb_msg: Image, depth_msg: Image, mask_msg: Image, info_msg: CameraInfo) -> _Decoded:
         """Messages -> arrays (views where possible), with every consistency check."""
@@ -306,23 +388,37 @@ class PoseNode(Node):
         if depth_raw.shape != (h, w) or mask.shape != (h, w):
             raise _FrameRejected(REASON_SIZE_MISMATCH, f"rgb {w}x{h}, depth {depth_raw.shape[1]}x"
                                  f"{depth_raw.shape[0]}, mask {mask.shape[1]}x{mask.shape[0]} differ")
-        K = self._intrinsics(info_msg, w, h)
+        K, rectifier = self._camera(info_msg, w, h)
+        if rectifier is not None:
+            rgb, depth_raw, mask = rectifier.linear(rgb), rectifier.nearest(depth_raw), rectifier.nearest(mask)
         depth_m = decode_depth(depth_raw, depth_msg.encoding, self._p.min_depth_m, self._p.max_depth_m)
         if not depth_m.any():
             raise _FrameRejected(REASON_NO_VALID_DEPTH, f"no depth sample within [{self._p.min_depth_m}, "
                                  f"{self._p.max_depth_m}] m (all zero, NaN, negative or out of range)")
         return _Decoded(rgb, depth_m, mask, K)
 
-    def _intrinsics(self, info_msg: CameraInfo, w: int, h: int) -> np.ndarray:
-        """Validated K (3, 3) for a w x h image; cached while CameraInfo (k, size) stays the same."""
-        key = (np.asarray(info_msg.k, np.float64).tobytes(), info_msg.width, info_msg.height, w, h)
-        if self._k_cache is not None and self._k_cache[0] == key:
-            return self._k_cache[1]
-        K, info_wh = camera_info_to_K(info_msg)
-        if info_wh != (w, h):
-            K = scale_intrinsics(K, info_wh, (w, h))
-        self._k_cache = (key, K)
-        return K
+    def _camera(self, info_msg: CameraInfo, w: int, h: int) -> tuple[np.ndarray, Rectifier | None]:
+        """Validated K (3, 3) for a w x h image and the rectifier of a distorted stream (None for pinhole).
+
+        Cached while the CameraInfo (k, d, model, size) and the image size stay the same. A CameraInfo of
+        another size is used only when it is an exact scale of the image (``camera_info_size_mismatch``
+        otherwise); non-zero D of plumb_bob / rational_polynomial is undone by rectifying the three images
+        with the same K (``unsupported_distortion`` for other models).
+        """
+        key = (np.asarray(info_msg.k, np.float64).tobytes(), np.asarray(info_msg.d, np.float64).tobytes(),
+               str(info_msg.distortion_model), info_msg.width, info_msg.height, w, h)
+        if self._camera_cache is not None and self._camera_cache[0] == key:
+            return self._camera_cache[1], self._camera_cache[2]
+        K_info, info_wh = camera_info_to_K(info_msg)
+        K = intrinsics_for_image(K_info, info_wh, (w, h))
+        D = distortion_coefficients(info_msg.distortion_model, info_msg.d)
+        rectifier = None if D is None else Rectifier.create(K, D, w, h)
+        if rectifier is not None:
+            self.get_logger().info(f"CameraInfo has {info_msg.distortion_model} distortion D={D.tolist()}: RGB, "
+                                   "depth and mask are rectified in the node (same K); publish rectified "
+                                   "images (image_proc) with D = 0 to save this step")
+        self._camera_cache = (key, K, rectifier)
+        return K, rectifier
 
     def _count_skipped(self, instances: list) -> None:
         """Count and report (rate-limited) every instance that gets no published pose."""
@@ -335,9 +431,10 @@ class PoseNode(Node):
         """Publish every output for one processed frame; returns the number of trusted poses."""
         header = rgb_msg.header
         trusted = [i for i in instances if i.trusted and i.pose is not None]
-        if trusted:
-            best = max(trusted, key=lambda i: i.pose.quality)
-            self._pub_pose.publish(pose_stamped(header, best.pose.R, best.pose.t_m))
+        stamp_s = header.stamp.sec + 1e-9 * header.stamp.nanosec
+        target = self._target.select(trusted, stamp_s, self._p.pose_follow_radius_m, self._p.pose_switch_after_s)
+        if target is not None:
+            self._pub_pose.publish(pose_stamped(header, target.pose.R, target.pose.t_m))
         self._pub_poses.publish(pose_array(header, [i.pose for i in trusted]))
         if self._p.publish_markers and self._pub_markers.get_subscription_count() > 0:
             faces = self._meshes.faces(self._p.mesh_marker_max_faces)
@@ -348,7 +445,7 @@ class PoseNode(Node):
         if self._tf is not None and self._p.publish_tf and trusted:
             self._tf.sendTransform([self._transform(header, i) for i in trusted])
         if self._detections is not None:
-            self._detections.publish(self._detection_array(header, instances))
+            self._detections.publish(detection_array(header, trusted))
         return len(trusted)
 
     def _transform(self, header, inst):
@@ -363,27 +460,6 @@ class PoseNode(Node):
          msg.transform.rotation.w) = map(float, q)
         return msg
 
-    def _detection_array(self, header, instances):
-        """vision_msgs/Detection3DArray of every instance with a pose (score = quality)."""
-        from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
-
-        from .markers import pose_msg
-
-        out = Detection3DArray(header=header)
-        for inst in instances:
-            if inst.pose is None:
-                continue
-            det = Detection3D(header=header, id=f"{inst.category}_{inst.instance_id}")
-            det.bbox.center = pose_msg(inst.pose.R, inst.pose.t_m)
-            det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = map(float, inst.pose.size_m)
-            hyp = ObjectHypothesisWithPose()
-            hyp.hypothesis.class_id = inst.category
-            hyp.hypothesis.score = float(inst.pose.quality)
-            hyp.pose.pose = det.bbox.center
-            det.results = [hyp]
-            out.detections.append(det)
-        return out
-
     # -- diagnostics -------------------------------------------------------------------------------------
     def _sync_drops(self) -> dict[str, int]:
         """Messages dropped by the synchroniser: ``sync_dropped.<input>[.<reason>]`` -> count."""
@@ -397,40 +473,103 @@ class PoseNode(Node):
                 out[f"sync_dropped.{name}.{reason}"] = n
         return out
 
-    def _publish_diagnostics(self) -> None:
-        drops = self._sync_drops()
-        new_drops = {k: v - self._last_sync_drops.get(k, 0) for k, v in drops.items()
-                     if k.count(".") == 1 and v > self._last_sync_drops.get(k, 0)}
-        if new_drops:
-            self._warn("unsynchronized", "synchroniser dropped " + ", ".join(
-                f"{n} on {k.split('.', 1)[1]}" for k, n in new_drops.items())
-                + f" (stamps more than sync_slop_s={self._p.sync_slop_s} s apart, or a missing input)")
-        self._last_sync_drops = drops
+    def _drop_causes(self, before: dict[str, int], now: dict[str, int]) -> list[str]:
+        """``'<n> on <inputs>: <cause>'`` per synchroniser drop reason grown from ``before`` to ``now``."""
+        grown: dict[str, Counter[str]] = {}
+        for key, n in now.items():
+            name, _, reason = key.removeprefix("sync_dropped.").rpartition(".")
+            if name and n > before.get(key, 0):
+                grown.setdefault(reason, Counter())[name] += n - before.get(key, 0)
+        p = self._p
+        out = []
+        for reason, names in sorted(grown.items(), key=lambda kv: -sum(kv[1].values())):
+            cause = SYNC_DROP_CAUSES.get(reason, reason).format(
+                sync_slop_s=p.sync_slop_s, sync_queue_size=p.sync_queue_size,
+                time_jump_threshold_s=p.time_jump_threshold_s)
+            out.append(f"{sum(names.values())} on {', '.join(sorted(names))} ({reason}: {cause})")
+        return out
+
+    def _stamp_offsets(self) -> str:
+        """The newest stamps of the inputs relative to RGB's, when more than ``sync_slop_s`` apart ('' else)."""
+        latest = self._sync.latest_stamps
+        ref = latest.get(INPUTS[0])
+        if ref is None:
+            return ""
+        offsets = {n: (v - ref) / 1e9 for n, v in latest.items() if v is not None and n != INPUTS[0]}
+        if all(abs(d) <= self._p.sync_slop_s for d in offsets.values()):
+            return ""
+        return (f"newest stamps more than sync_slop_s={self._p.sync_slop_s} s apart: "
+                + ", ".join(f"{n} {d:+.3f} s" for n, d in offsets.items()) + f" from {INPUTS[0]}")
+
+    def _unserved_cause(self, drops: dict[str, int]) -> str:
+        """Why frames were not served since the last served one: a silent input, skips, synchroniser drops
+        (with the stamp offsets of the inputs)."""
+        silent = [n for n in INPUTS if self._input_counts[n] == self._served_inputs[n]]
+        parts = [f"nothing arrived on {', '.join(silent)} since the last served frame"] if silent else []
+        parts += [f"{n} skipped for {reason} ({self._skip_text.get(reason, '')})"
+                  for reason, n in self._skips_since_served.most_common(2)]
+        parts += [f"synchroniser dropped {text}" for text in self._drop_causes(self._served_drops, drops)[:2]]
+        offsets = self._stamp_offsets()
+        if offsets:
+            parts.append(offsets)
+        if not parts:
+            parts.append("inputs arrive but no set of RGB, depth, mask and CameraInfo synchronises within "
+                         f"sync_slop_s={self._p.sync_slop_s} s yet")
+        return "; ".join(parts)
+
+    def _status(self, drops: dict[str, int]) -> tuple[int, str]:
+        """Level and message of the diagnostics status (see the README's diagnostics paragraph)."""
         s = self._stats
         if self._pipeline is None:
-            level, message = diag.ERROR, f"no model: {self._model_error}"
-        elif s.received == 0:
-            missing = [n for n, c in self._input_counts.items() if c == 0]
-            level = diag.WARN
-            message = ("waiting for " + ", ".join(missing)) if missing else "inputs arrive but never synchronise"
-        elif s.rejected or s.instances_untrusted or new_drops:
-            level = diag.OK if s.processed else diag.WARN
-            message = f"{s.processed}/{s.received} frames served; last skip: {s.last_reason or 'sync'}"
-        else:
-            level, message = diag.OK, f"{s.processed}/{s.received} frames served"
+            return diag.ERROR, f"no model: {self._model_error}"
+        unserved = {n: c - self._served_inputs.get(n, 0) for n, c in self._input_counts.items()}
+        limit = self._p.warn_after_skipped_frames
+        if unserved[INPUTS[0]] >= limit:
+            return diag.WARN, f"{unserved[INPUTS[0]]} frames in a row not served: {self._unserved_cause(drops)}"
+        busiest = max(INPUTS, key=lambda n: unserved[n])
+        silent = [n for n in INPUTS if unserved[n] == 0]
+        if unserved[busiest] >= limit or s.processed == 0:
+            if not any(self._input_counts.values()):
+                return diag.WARN, "waiting for " + ", ".join(INPUTS)
+            if silent:
+                return diag.WARN, (f"{unserved[busiest]} {busiest} messages and no frame served: nothing "
+                                   f"arrives on {', '.join(silent)}")
+            return diag.WARN, f"no frame served yet: {self._unserved_cause(drops)}"
+        if self._time_jumps > self._jumps_reported:
+            return diag.WARN, self._last_jump
+        message = f"{s.processed}/{s.received} frames served"
+        return diag.OK, message + (f"; last skip: {s.last_reason}" if s.last_reason else "")
+
+    def _publish_diagnostics(self) -> None:
+        drops = self._sync_drops()
+        new_drops = self._drop_causes(self._last_sync_drops, drops)
+        if new_drops:
+            self._warn(REASON_UNSYNCHRONIZED, "synchroniser dropped " + "; ".join(new_drops))
+        self._last_sync_drops = drops
+        level, message = self._status(drops)
+        self._jumps_reported = self._time_jumps
         models = {c: f"{m.info.path} [{m.name}] S={m.info.crop_size} G={m.info.grid_size} "
                      f"N={m.info.num_vertices} version={m.info.version}" for c, m in self._models.items()}
         extra: dict[str, object] = {f"input_messages.{n}": c for n, c in self._input_counts.items()}
+        extra["frames_not_served_in_a_row"] = self._input_counts[INPUTS[0]] - self._served_inputs[INPUTS[0]]
         extra.update(drops)
+        extra["time_jumps"] = self._time_jumps
+        extra[DROPPED_KEY] = self._worker.dropped
+        if self._last_jump:
+            extra["last_time_jump"] = self._last_jump
+        if self._camera_cache is not None:
+            extra["camera.rectified"] = self._camera_cache[2] is not None
         if self._model_error:
             extra["model_error"] = self._model_error
-        status = diag.build_status(s, name=f"{self.get_fully_qualified_name()}: pose pipeline", hardware_id="cse_pose",
-                                   level=level, message=message, models=models, extra=extra)
+        status = diag.build_status(self._stats, name=f"{self.get_fully_qualified_name()}: pose pipeline",
+                                   hardware_id="cse_pose", level=level, message=message, models=models,
+                                   extra=extra)
         self._pub_diag.publish(diag.build_array(status, self.get_clock().now().to_msg()))
 
     def destroy_node(self) -> None:
-        """Detach the logging bridge, then destroy the node."""
-        logging.getLogger("cse_pose").removeHandler(self._log_bridge)
+        """Stop the frame thread (after its frame in progress), detach the logging bridge, destroy the node."""
+        self._worker.stop()
+        stop_forwarding("cse_pose", self._log_bridge)
         super().destroy_node()
 
     # -- test hooks ----------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from cse_pose.verify import VERIFIABLE_CATEGORIES
+
 BACKENDS = ("auto", "tensorrt", "cuda", "cpu", "torch")
 """Allowed values of the ``backend`` parameter (``auto`` picks the fastest available runtime)."""
 
@@ -41,9 +43,10 @@ class ParamSpec:
 
 PARAMS: tuple[ParamSpec, ...] = (
     # --- models ----------------------------------------------------------------------------------
-    ParamSpec("model_dir", "models",
+    ParamSpec("model_dir", "",
               "Directory searched for <category>.onnx model files (relative paths are taken from the "
-              "working directory).", read_only=True),
+              "working directory). Empty: the models installed with the package (share/cse_pose_ros/models).",
+              read_only=True),
     ParamSpec("model_paths", "",
               "Comma-separated list of model files; when non-empty it replaces the model_dir search.",
               read_only=True),
@@ -69,6 +72,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sync_queue_size", 10,
               "Approximate-time synchroniser: messages kept per topic while waiting for a match.",
               low=1, high=200, read_only=True),
+    ParamSpec("time_jump_threshold_s", 1.0,
+              "A stamp more than this (s) before the newest stamp seen (clock jump back, bag loop, camera "
+              "reset, or the return to real time after a message stamped far ahead) restarts the "
+              "synchroniser, the smoothing and the ~/pose target; logged and counted in diagnostics "
+              "(time_jumps). A stamp ahead (a pause) restarts nothing. A frame stamped up to this far ahead "
+              "of the stream can hold serving back for at most this long. Must exceed sync_slop_s.",
+              low=0.1, high=60.0, read_only=True),
     # --- geometry --------------------------------------------------------------------------------
     ParamSpec("min_depth_m", 0.1, "Depth samples nearer than this (m) are invalid.", low=0.0, high=20.0),
     ParamSpec("max_depth_m", 4.0, "Depth samples farther than this (m) are invalid.", low=0.01, high=50.0),
@@ -79,6 +89,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "How depth and mask are resampled into the crop: 'aligned' (pixel-centre nearest, the points "
               "the RGB crop sees) or 'reference' (legacy nearest, as the authors' code).",
               choices=("aligned", "reference")),
+    ParamSpec("verify_categories", "",
+              "Comma-separated categories (camera, laptop, mug) whose poses are verified by render-and-compare "
+              "against their discrete alternatives (camera/laptop front-back flip, mug sweep about the up "
+              "axis); the quality is scaled by the render score. Empty = off (it gained on no category with "
+              "the shipped models).", read_only=True),
     ParamSpec("confidence_floor", 0.5,
               "Cap of the per-instance cycle-confidence threshold "
               "theta = min(mean confidence over the mask, confidence_floor) (reference: 0.5).",
@@ -110,6 +125,13 @@ PARAMS: tuple[ParamSpec, ...] = (
               "An instance unseen for longer than this (s, message stamps) restarts its smoothing.",
               low=0.0, high=60.0),
     # --- outputs ---------------------------------------------------------------------------------
+    ParamSpec("pose_follow_radius_m", 0.1,
+              "~/pose follows one object: the trusted instance of its category nearest to the last ~/pose, "
+              "if within this distance (m) of it; 0 = the best-quality instance of each frame.",
+              low=0.0, high=1.0),
+    ParamSpec("pose_switch_after_s", 0.5,
+              "~/pose stays silent while the followed object is missing, and switches to the best-quality "
+              "trusted instance once it has been missing this long (s, message stamps).", low=0.0, high=10.0),
     ParamSpec("publish_markers", True, "Publish ~/markers (box, axes, mesh, label)."),
     ParamSpec("publish_mesh_marker", True, "Include the deformed mesh (TRIANGLE_LIST) in ~/markers."),
     ParamSpec("mesh_marker_max_faces", 300,
@@ -125,6 +147,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("stats_window", 100, "Number of recent frames behind rates and latency medians.",
               low=2, high=10000, read_only=True),
+    ParamSpec("warn_after_skipped_frames", 10,
+              "Diagnostics turn WARN, naming the cause, once this many RGB frames in a row were not served "
+              "(dropped by the synchroniser or skipped).", low=1, high=100000),
     ParamSpec("log_throttle_s", 5.0, "A skip reason is logged at most once per this period (s).",
               low=0.0, high=3600.0),
 )
@@ -145,10 +170,12 @@ class NodeParams:
     intra_op_threads: int
     sync_slop_s: float
     sync_queue_size: int
+    time_jump_threshold_s: float
     min_depth_m: float
     max_depth_m: float
     enlarge: float
     depth_sampling: str
+    verify_categories: str
     confidence_floor: float
     min_correspondences: int
     ransac_threshold_m: float
@@ -161,6 +188,8 @@ class NodeParams:
     refine_iterations: int
     smoothing_alpha: float
     smoothing_timeout_s: float
+    pose_follow_radius_m: float
+    pose_switch_after_s: float
     publish_markers: bool
     publish_mesh_marker: bool
     mesh_marker_max_faces: int
@@ -170,6 +199,7 @@ class NodeParams:
     marker_lifetime_s: float
     diagnostics_period_s: float
     stats_window: int
+    warn_after_skipped_frames: int
     log_throttle_s: float
 
     @classmethod
@@ -187,6 +217,10 @@ class NodeParams:
     def model_path_list(self) -> list[str]:
         """``model_paths`` split on commas, blanks dropped."""
         return [p.strip() for p in self.model_paths.split(",") if p.strip()]
+
+    def verify_category_list(self) -> tuple[str, ...]:
+        """``verify_categories`` split on commas, blanks dropped."""
+        return tuple(c.strip() for c in self.verify_categories.split(",") if c.strip())
 
     def class_map_dict(self) -> dict[int, str]:
         """``class_map`` parsed to {mask label: category}; empty dict when unset (raises ValueError)."""
@@ -248,10 +282,16 @@ def validate(params: NodeParams) -> list[str]:
             problems.append(f"{spec.name}={value} is outside [{spec.low}, {spec.high}]")
     if params.min_depth_m >= params.max_depth_m:
         problems.append(f"min_depth_m ({params.min_depth_m}) must be < max_depth_m ({params.max_depth_m})")
+    if params.time_jump_threshold_s <= params.sync_slop_s:
+        problems.append(f"time_jump_threshold_s ({params.time_jump_threshold_s}) must be > sync_slop_s "
+                        f"({params.sync_slop_s})")
     try:
         params.class_map_dict()
     except ValueError as exc:
         problems.append(str(exc))
+    unknown = [c for c in params.verify_category_list() if c not in VERIFIABLE_CATEGORIES]
+    if unknown:
+        problems.append(f"verify_categories: {', '.join(unknown)} not among {', '.join(VERIFIABLE_CATEGORIES)}")
     return problems
 
 

@@ -1,37 +1,154 @@
-"""The shared ``main`` of the package's executables: init rclpy, spin one node, shut down cleanly."""
+"""The shared ``main`` of the package's executables: init rclpy, spin one node, shut down cleanly.
+
+Ctrl-C (SIGINT) ends every executable with status 0 and no traceback, whenever it arrives: while the modules
+are imported, while the model loads, while frames are served, or during the shutdown itself. Four things make
+that so:
+
+* the entry points (:func:`pose_node_main`, :func:`tabletop_mask_main`) install the handler
+  (:func:`quiet_sigint`) before importing the node module, so an early Ctrl-C does not interrupt an import
+  with a traceback;
+* rclpy's own handler (installed by ``rclpy.init``) shuts the context down and then calls the Python handler
+  it replaced, i.e. ours: the first SIGINT raises :class:`Interrupted` once, later ones are ignored, so the
+  delayed ``KeyboardInterrupt`` can no longer land inside ``destroy_node``; if it still lands in the
+  shutdown code, the shutdown is simply run again;
+* errors the executor raises because the context went away under it (``RuntimeError`` from
+  ``take_message``, ``InvalidHandle``) count as a shutdown when rclpy is no longer ok;
+* the interruption is an :class:`Interrupted`, not a plain ``KeyboardInterrupt`` (see there).
+"""
 
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from collections.abc import Callable
+
+
+class Interrupted(KeyboardInterrupt):
+    """What the first SIGINT raises: a ``KeyboardInterrupt`` (caught as one), of its own class because CPython
+    remembers an exact ``KeyboardInterrupt`` leaving code that a native module ran through ``PyRun_String``
+    (rclpy's pybind11 module links it) and, even when it was caught later, makes the process kill itself with
+    SIGINT at exit: status -2 and no output, 9 of 98 Ctrl-C 0.3-0.6 s into start-up with plain
+    ``KeyboardInterrupt``, 0 of 40 with this class."""
+
+
+class _Interrupts:
+    """Process-wide SIGINT policy: the first SIGINT raises :class:`Interrupted`, later ones are ignored."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.installed = False
+        self.quiet = False
+
+    def install(self) -> None:
+        """Make :meth:`handle` the Python SIGINT handler (main thread only; idempotent)."""
+        if not self.installed:
+            signal.signal(signal.SIGINT, self.handle)
+            self.installed = True
+
+    def ignore_from_now(self) -> None:
+        """Later SIGINTs do nothing (called once shutting down has begun)."""
+        self.quiet = True
+
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1 and not self.quiet:
+            self.quiet = True
+            raise Interrupted
+
+
+_INTERRUPTS = _Interrupts()
+
+
+def quiet_sigint() -> None:
+    """From now on the first SIGINT raises :class:`Interrupted` once and later ones are ignored (main thread).
+
+    For executables with their own spin loop: call it before ``rclpy.init``, treat :func:`is_shutdown`
+    exceptions as a normal end, and finish with :func:`shut_down`.
+    """
+    _INTERRUPTS.install()
+
+
+def pose_node_main() -> int:
+    """Entry point ``cse_pose_node`` and ``python -m cse_pose_ros``: quiet Ctrl-C first, then the node."""
+    return _quiet_main("node")
+
+
+def tabletop_mask_main() -> int:
+    """Entry point ``tabletop_mask_node`` and ``python -m cse_pose_ros.tabletop_mask``."""
+    return _quiet_main("tabletop_mask")
+
+
+def _quiet_main(module: str) -> int:
+    """:func:`quiet_sigint`, then import ``cse_pose_ros.<module>`` and return its ``main()``."""
+    import importlib
+
+    quiet_sigint()
+    try:
+        return importlib.import_module(f"{__package__}.{module}").main()
+    except KeyboardInterrupt:  # before run_node took over: during the imports or main's own set-up
+        return 0
 
 
 def run_node(factory: Callable[[], object], name: str, args: list[str] | None = None) -> int:
     """Spin the node ``factory()`` builds until shutdown; return the exit status.
 
-    Ctrl-C and external shutdown end with 0; a ``ValueError`` from the constructor (invalid parameters) is
-    logged as one fatal line without a traceback and ends with 2.
+    Ctrl-C and external shutdown end with 0; a ``ValueError`` from the constructor (invalid parameters, a
+    missing dependency) is logged as one fatal line without a traceback and ends with 2.
     """
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=args if args is not None else sys.argv)
+    quiet_sigint()
     node = None
     status = 0
     try:
+        import rclpy
+
+        rclpy.init(args=args if args is not None else sys.argv)
         node = factory()
         # Everything built at start-up (models, message classes, buffers) lives as long as the node: keep it out
         # of the cyclic GC's full passes, which otherwise add tens of ms to some frames (measured by make bench).
         gc.freeze()
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     except ValueError as exc:
+        import rclpy.logging
+
         rclpy.logging.get_logger(name).fatal(str(exc))
         status = 2
+    except BaseException as exc:
+        if not is_shutdown(exc):
+            raise
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        shut_down(node)
     return status
+
+
+def _rclpy_ok() -> bool:
+    rclpy = sys.modules.get("rclpy")
+    return rclpy is not None and rclpy.ok()
+
+
+def is_shutdown(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a Ctrl-C or an external shutdown surfaced (not a failure of the node)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    executors = sys.modules.get("rclpy.executors")
+    if executors is not None and isinstance(exc, executors.ExternalShutdownException):
+        return True
+    exceptions = sys.modules.get("rclpy.exceptions")
+    lost_context = (RuntimeError,) + ((exceptions.InvalidHandle,) if exceptions is not None else ())
+    return isinstance(exc, lost_context) and not _rclpy_ok()
+
+
+def shut_down(node) -> None:
+    """Destroy the node and shut rclpy down; a Ctrl-C arriving meanwhile does not interrupt it."""
+    _INTERRUPTS.ignore_from_now()
+    rclpy = sys.modules.get("rclpy")
+    for _ in range(3):  # a KeyboardInterrupt already pending when the handler went quiet lands at most once
+        try:
+            if node is not None:
+                node.destroy_node()
+                node = None
+            if rclpy is not None:
+                rclpy.try_shutdown()
+            return
+        except KeyboardInterrupt:
+            continue

@@ -1,10 +1,14 @@
 """ROS glue of the approximate-time synchroniser: message_filters-style subscribers and synchroniser.
 
-The pairing policy itself is ROS-free (:class:`cse_pose.sync.ApproximatePolicy`, documented there with
-how it differs from message_filters'). :func:`make_synchronizer` uses ``message_filters.ApproximateTimeSynchronizer``
-when it is importable and preferred (full ROS installs) and the :class:`ApproximateTimeSynchronizer` of
-this module otherwise (pip-only installs); this one has the same constructor and ``registerCallback`` API
-and counts every dropped message per input with a reason (:attr:`ApproximateTimeSynchronizer.drop_counts`).
+The node always pairs with the ROS-free policy :class:`cse_pose.sync.ApproximatePolicy` (documented there,
+with how it differs from message_filters'), wrapped here as :class:`ApproximateTimeSynchronizer`: the same
+constructor and ``registerCallback`` API as ``message_filters.ApproximateTimeSynchronizer``, plus what the
+node needs and message_filters' Python synchroniser lacks: a drop counter per input and reason
+(:attr:`ApproximateTimeSynchronizer.drop_counts`), and time-jump restarts reported to a callback
+(:attr:`ApproximateTimeSynchronizer.on_time_jump`). Why not message_filters' synchroniser: it keeps unpaired
+messages queued however old they are, so sets can come out of stamp order, and it counts no drops, so the
+node could not say why frames are not served. Its ``Subscriber`` still feeds ours where installed
+(:func:`make_subscriber`); the in-package :class:`Subscriber` stands in on pip-only installs.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cse_pose.sync import DROP_NO_HEADER, ApproximatePolicy, stamp_ns
+from cse_pose.sync import DEFAULT_JUMP_THRESHOLD_NS, DROP_NO_HEADER, ApproximatePolicy, TimeJump, stamp_ns
 
-__all__ = ["ApproximateTimeSynchronizer", "SimpleFilter", "Subscriber", "make_subscriber", "make_synchronizer",
-           "stamp_ns"]
+__all__ = ["ApproximateTimeSynchronizer", "SimpleFilter", "Subscriber", "TimeJump", "make_subscriber",
+           "make_synchronizer", "stamp_ns"]
+
 
 class SimpleFilter:
     """message_filters-style source: ``registerCallback(cb, *args)``, ``signalMessage(*msgs)``."""
@@ -39,32 +44,41 @@ class SimpleFilter:
 
 
 class ApproximateTimeSynchronizer(SimpleFilter):
-    """In-package stand-in for ``message_filters.ApproximateTimeSynchronizer`` (same constructor/API).
+    """The node's synchroniser: ``message_filters.ApproximateTimeSynchronizer``'s constructor and API over
+    :class:`cse_pose.sync.ApproximatePolicy`.
 
     Args:
-        fs: input filters (e.g. :class:`Subscriber`), one per synchronised topic.
+        fs: input filters (:class:`Subscriber`, ``message_filters.Subscriber``, any ``SimpleFilter``), one
+            per synchronised topic.
         queue_size: messages kept per input.
         slop: largest allowed stamp spread of a set, seconds.
         allow_headerless: accepted for API compatibility; messages without a header are dropped and
             counted (``no_header``) either way.
+        jump_threshold: a stamp this far (s) before the newest one restarts the policy and calls
+            :attr:`on_time_jump`; None: never.
     """
 
     def __init__(
-        self, fs: Sequence[Any], queue_size: int, slop: float, allow_headerless: bool = False
+        self, fs: Sequence[Any], queue_size: int, slop: float, allow_headerless: bool = False,
+        jump_threshold: float | None = DEFAULT_JUMP_THRESHOLD_NS / 1e9,
     ) -> None:
         super().__init__()
-        self.policy = ApproximatePolicy(max(1, len(fs)), queue_size, round(float(slop) * 1e9))
+        jump_ns = None if jump_threshold is None else round(float(jump_threshold) * 1e9)
+        self.policy = ApproximatePolicy(max(1, len(fs)), queue_size, round(float(slop) * 1e9), jump_ns)
         self.names = [str(getattr(f, "topic", i)) for i, f in enumerate(fs)]
         self.allow_headerless = allow_headerless
         self.lock = threading.Lock()
         self.input_connections: list[int] = []
+        #: Called as ``on_time_jump(jump: TimeJump)`` (outside the lock, before any set of the new timeline).
+        self.on_time_jump: Callable[[TimeJump], None] | None = None
         if fs:
             self.connectInput(fs)
 
     def connectInput(self, fs: Sequence[Any]) -> None:  # noqa: N802 - message_filters API
         """Register on every input filter's callbacks."""
         if len(fs) != len(self.policy.queues):
-            self.policy = ApproximatePolicy(len(fs), self.policy.queue_size, self.policy.slop_ns)
+            p = self.policy
+            self.policy = ApproximatePolicy(len(fs), p.queue_size, p.slop_ns, p.jump_threshold_ns)
             self.names = [str(getattr(f, "topic", i)) for i, f in enumerate(fs)]
         self.input_connections = [f.registerCallback(self.add, i) for i, f in enumerate(fs)]
 
@@ -77,9 +91,18 @@ class ApproximateTimeSynchronizer(SimpleFilter):
                 self.policy.drops[index][DROP_NO_HEADER] += 1
             return
         with self.lock:
+            jumps = self.policy.jump_count
             msgs = self.policy.add(index, stamp, msg)
+            jump = self.policy.last_jump if self.policy.jump_count != jumps else None
+        if jump is not None and self.on_time_jump is not None:
+            self.on_time_jump(jump)
         if msgs is not None:
             self.signalMessage(*msgs)
+
+    def reset(self) -> None:
+        """Drop every queued message (counted ``time_jump``) and forget the stamp order."""
+        with self.lock:
+            self.policy.restart()
 
     @property
     def drop_counts(self) -> dict[str, dict[str, int]]:
@@ -88,9 +111,20 @@ class ApproximateTimeSynchronizer(SimpleFilter):
             return {name: dict(c) for name, c in zip(self.names, self.policy.drops, strict=True)}
 
     @property
+    def latest_stamps(self) -> dict[str, int | None]:
+        """Stamp (ns) of the last message of each input (name), None before the first."""
+        with self.lock:
+            return dict(zip(self.names, self.policy.latest_ns, strict=True))
+
+    @property
     def emitted(self) -> int:
         """Number of sets delivered so far."""
         return self.policy.emitted
+
+    @property
+    def time_jumps(self) -> int:
+        """Number of time-jump restarts so far."""
+        return self.policy.jump_count
 
 
 class Subscriber(SimpleFilter):
@@ -139,21 +173,16 @@ def make_subscriber(node: Any, msg_type: Any, topic: str, qos_profile: Any = 10,
 
 
 def make_synchronizer(
-    node: Any, subscribers: Sequence[Any], queue_size: int, slop: float, prefer_message_filters: bool = True
-) -> Any:
-    """An approximate-time synchroniser over ``subscribers``.
+    node: Any, subscribers: Sequence[Any], queue_size: int, slop: float,
+    jump_threshold: float | None = DEFAULT_JUMP_THRESHOLD_NS / 1e9,
+) -> ApproximateTimeSynchronizer:
+    """The node's approximate-time synchroniser over ``subscribers`` (any message_filters-style filters).
 
-    Uses ``message_filters.ApproximateTimeSynchronizer`` when importable and preferred (the subscribers
-    must then be message_filters ones, see :func:`make_subscriber`), else the in-package
-    :class:`ApproximateTimeSynchronizer` (which also exposes ``drop_counts``). ``node`` is kept for
-    API symmetry and logging.
+    Always :class:`ApproximateTimeSynchronizer` (see the module docstring for why not message_filters').
+    ``node`` is used for one debug line.
     """
-    in_package = all(isinstance(s, SimpleFilter) for s in subscribers)
-    if prefer_message_filters and have_message_filters() and not in_package:
-        import message_filters
-
-        return message_filters.ApproximateTimeSynchronizer(list(subscribers), queue_size, slop)
-    sync = ApproximateTimeSynchronizer(list(subscribers), queue_size, slop)
+    sync = ApproximateTimeSynchronizer(list(subscribers), queue_size, slop, jump_threshold=jump_threshold)
     if node is not None and hasattr(node, "get_logger"):
-        node.get_logger().debug(f"in-package ApproximateTimeSynchronizer (queue {queue_size}, slop {slop} s)")
+        node.get_logger().debug(f"ApproximateTimeSynchronizer (queue {queue_size}, slop {slop} s, "
+                                f"time jumps beyond {jump_threshold} s restart it)")
     return sync

@@ -42,6 +42,22 @@ NODE_PARAM_HELP: dict[str, tuple[object, str]] = {
 _READ_ONLY = ("category", "diagnostics_period_s")
 
 
+def open3d_problem() -> str:
+    """Empty when open3d imports; otherwise one line: why not, and how to install it.
+
+    The plane fit needs open3d; without this check the node would start, log that it is ready and then
+    skip every frame.
+    """
+    try:
+        import open3d  # noqa: F401
+    except (ImportError, OSError) as exc:
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return (f"open3d is not importable ({why}); the tabletop mask source needs it: pip install open3d "
+                "(on Linux also apt-get install libgl1 libgomp1), or use mask_source:=external with your own "
+                "segmenter")
+    return ""
+
+
 def params_from_values(values: dict[str, object]) -> tuple[TabletopParams, str, str]:
     """(TabletopParams, mask encoding, category) from node parameter values; raises ValueError if invalid."""
     names = {f.name for f in fields(TabletopParams)}
@@ -76,6 +92,9 @@ class TabletopMaskNode(Node):
 
         from . import diagnostics as diag
 
+        problem = open3d_problem()
+        if problem:
+            raise ValueError(problem)  # run_node: one fatal line, exit status 2
         super().__init__(NODE_NAME, **kwargs)
         specs = [(name, default, help_, name in _READ_ONLY)
                  for name, (default, help_) in NODE_PARAM_HELP.items()]

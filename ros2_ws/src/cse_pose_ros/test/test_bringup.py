@@ -203,12 +203,35 @@ def test_options_and_errors():
 
 
 def test_executables_are_installed_by_setup_py():
-    """The launch files start cse_pose_node and tabletop_mask_node by their console_scripts names."""
+    """The launch files start cse_pose_node and tabletop_mask_node by their console_scripts names; the entry
+    points are runner's, which make Ctrl-C quiet before the node module is imported."""
     text = (PKG / "setup.py").read_text()
     scripts = dict(re.findall(r'"(\w+)\s*=\s*([\w.]+:\w+)"', text))
-    assert scripts.get(NODE_NAME) == "cse_pose_ros.node:main"
-    assert scripts.get(TABLETOP_EXECUTABLE) == "cse_pose_ros.tabletop_mask:main", (
-        'setup.py console_scripts lacks "tabletop_mask_node = cse_pose_ros.tabletop_mask:main"')
+    assert scripts.get(NODE_NAME) == "cse_pose_ros.runner:pose_node_main"
+    assert scripts.get(TABLETOP_EXECUTABLE) == "cse_pose_ros.runner:tabletop_mask_main"
+    from cse_pose_ros import runner
+
+    assert callable(runner.pose_node_main) and callable(runner.tabletop_mask_main)
+
+
+def test_setup_py_installs_launch_config_rviz_and_the_models():
+    """What colcon installs into share/cse_pose_ros, read from setup.py itself: every launch file, the params
+    file and the Fast DDS profile, the RViz config, and every model of models/ with its card (through the
+    package's models link, so the default model_dir of the launch files holds them)."""
+    from cse_pose_dev.ament_prefix import setup_arguments
+
+    data = {dest: {Path(f).name for f in files} for dest, files in setup_arguments(PKG)["data_files"]}
+    share = "share/cse_pose_ros"
+    assert data[f"{share}/launch"] == {p.name for p in (PKG / "launch").glob("*.py")}
+    assert {"pose.yaml", "fastdds_large_frames.xml"} <= data[f"{share}/config"]
+    assert data[f"{share}/rviz"] == {"pose.rviz"}
+    models = REPO / "models"
+    assert (PKG / "models").is_symlink() and (PKG / "models").resolve() == models.resolve()
+    onnx = {p.name for p in models.glob("*.onnx")}
+    assert onnx, "no model in models/"
+    assert onnx | {p.name for p in models.glob("*.md")} == data[f"{share}/models"]
+    assert {f"{Path(n).stem}.md" for n in onnx} <= data[f"{share}/models"]  # every model with its card
+    assert data["share/ament_index/resource_index/packages"] == {"cse_pose_ros"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,12 +299,13 @@ def test_launch_actions_against_stub_launch_modules(monkeypatch):
         raise PackageNotFoundError(package)
 
     kinds = ("LaunchDescription", "DeclareLaunchArgument", "OpaqueFunction", "IncludeLaunchDescription",
-             "ExecuteProcess", "PythonLaunchDescriptionSource", "Node")
+             "ExecuteProcess", "SetEnvironmentVariable", "Shutdown", "PythonLaunchDescriptionSource", "Node")
     made = {k: type(k, (Recorder,), {}) for k in kinds}
     modules = {
         "launch": {"LaunchDescription": made["LaunchDescription"]},
         "launch.actions": {k: made[k] for k in ("DeclareLaunchArgument", "OpaqueFunction",
-                                                "IncludeLaunchDescription", "ExecuteProcess")},
+                                                "IncludeLaunchDescription", "ExecuteProcess",
+                                                "SetEnvironmentVariable", "Shutdown")},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
         "launch.launch_description_sources": {"PythonLaunchDescriptionSource":
                                               made["PythonLaunchDescriptionSource"]},
@@ -289,8 +313,11 @@ def test_launch_actions_against_stub_launch_modules(monkeypatch):
         "launch_ros.actions": {"Node": made["Node"]},
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": share,
+                                        "get_package_prefix": lambda package: f"/prefix/{package}",
                                         "PackageNotFoundError": PackageNotFoundError},
     }
+    for name in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        monkeypatch.delenv(name, raising=False)
     for name, attrs in modules.items():
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
     from cse_pose_ros.bringup import launch_description
@@ -302,11 +329,15 @@ def test_launch_actions_against_stub_launch_modules(monkeypatch):
     (opaque,) = [e for e in entities if isinstance(e, made["OpaqueFunction"])]
     context = defaults("realsense") | {"category": "mug"}
     actions = opaque.kwargs["function"](context, *opaque.kwargs["args"])
-    include, tabletop, pose = actions
+    env_a, env_b, include, tabletop, pose = actions  # the Fast DDS profile first: before anything starts
+    assert {env_a.args, env_b.args} == {
+        (name, "/share/cse_pose_ros/config/fastdds_large_frames.xml")
+        for name in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")}
     assert include.args[0].args[0] == "/share/realsense2_camera/launch/rs_launch.py"
     assert ("align_depth.enable", "true") in include.kwargs["launch_arguments"]
     assert (tabletop.kwargs["executable"], pose.kwargs["executable"]) == (TABLETOP_EXECUTABLE, NODE_NAME)
     assert pose.kwargs["parameters"][0] == "/share/cse_pose_ros/config/pose.yaml"
+    assert pose.kwargs["parameters"][-1]["model_dir"] == "/share/cse_pose_ros/models"  # the installed models
     assert pose.kwargs["remappings"] == list(plan("realsense").node(NODE_NAME).remappings)
     # a missing driver package: a clear error that names the package and start_camera:=false
     context = defaults("orbbec")
@@ -314,5 +345,18 @@ def test_launch_actions_against_stub_launch_modules(monkeypatch):
     with pytest.raises(RuntimeError, match="orbbec_camera.*start_camera:=false"):
         actions_fn["function"](context, *actions_fn["args"])
     context["start_camera"] = "false"
-    assert [a.kwargs["executable"] for a in actions_fn["function"](context, *actions_fn["args"])] == [
+    started = actions_fn["function"](context, *actions_fn["args"])
+    assert [a.kwargs["executable"] for a in started if isinstance(a, made["Node"])] == [
         TABLETOP_EXECUTABLE, NODE_NAME]
+    # rviz:=true: RViz ends the launch when it exits; without rviz2 in the index nothing is returned at all
+    context["rviz"] = "true"
+    rviz = [a for a in actions_fn["function"](context, *actions_fn["args"])
+            if isinstance(a, made["Node"]) and a.kwargs["package"] == "rviz2"]
+    assert len(rviz) == 1 and isinstance(rviz[0].kwargs["on_exit"], made["Shutdown"])
+
+    def no_rviz(package):
+        raise PackageNotFoundError(package)
+
+    monkeypatch.setitem(sys.modules["ament_index_python.packages"].__dict__, "get_package_prefix", no_rviz)
+    with pytest.raises(RuntimeError, match="rviz2 is not installed.*nothing was started"):
+        actions_fn["function"](context, *actions_fn["args"])

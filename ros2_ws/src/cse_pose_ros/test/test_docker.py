@@ -24,8 +24,9 @@ BRINGUPS = ("realsense", "kinect", "orbbec", "bag", "synthetic")
 # onnxruntime-gpu release -> the TensorRT its TensorRT EP is built with (onnxruntime's EP documentation)
 ORT_TRT = {"1.20": "10.4", "1.21": "10.8", "1.22": "10.9"}
 # exec_depends of package.xml that ros-<distro>-ros-base already brings, or that the image leaves out
-IN_ROS_BASE = {"rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "launch"}
-NOT_IN_IMAGE = {"rviz2"}  # run RViz on the host (docs/deployment.md)
+IN_ROS_BASE = {"rclpy", "rcl_interfaces", "builtin_interfaces", "sensor_msgs", "geometry_msgs", "std_msgs", "launch",
+               "ament_index_python", "tf2_ros_py"}
+NOT_IN_IMAGE = {"rviz2"}  # run RViz on the host (docs/deployment.md); not an exec_depend either
 BUILT_HERE = {"cse_pose"}  # the sibling package, built by the same colcon build
 
 
@@ -190,6 +191,7 @@ def test_gpu_and_cpu_variants_and_pins():
 
 def test_every_ros_dependency_is_installed():
     deps = {e.text.strip() for e in ET.parse(PKG / "package.xml").getroot().iter("exec_depend")}
+    assert not deps & NOT_IN_IMAGE  # optional: the package does not pull RViz onto a robot
     text = DOCKERFILE.read_text()
     installed = set(re.findall(r"ros-\$\{ROS_DISTRO\}-([a-z0-9-]+)", text))
     assert "ros-base" in installed

@@ -104,8 +104,12 @@ def _no_camera_info(seed, stamp):
 
 
 def _stamps_apart(seed, stamp):
+    from std_msgs.msg import Header
+
     msgs = _good(seed, stamp)
-    msgs[1][1].header.stamp = time_msg(stamp - 0.5)  # depth half a second older than the rest
+    # depth half a second older than the rest: a header of its own (the four messages share one Header
+    # object, so setting msgs[1][1].header.stamp would move every stamp)
+    msgs[1][1].header = Header(stamp=time_msg(stamp - 0.5), frame_id=FRAME_ID)
     return msgs
 
 
@@ -167,8 +171,10 @@ def test_bad_frames_interleaved_with_good_ones(ros, tmp_path):
     write_oracle_model(tmp_path / "models" / "mug.onnx", "mug", crop_size=128, grid_size=32)
     log = tmp_path / "node.log"
     ns = f"{NAMESPACE}/a"
+    # every frame is another random scene: ~/pose must not follow one object across them (radius 0)
     proc = start_node(["-r", f"__ns:={ns}", "-p", f"model_dir:={tmp_path / 'models'}",
-                       "-p", "diagnostics_period_s:=0.3", "-p", "log_throttle_s:=30.0"], ros_env(DOMAIN_ID), log)
+                       "-p", "diagnostics_period_s:=0.3", "-p", "log_throttle_s:=30.0",
+                       "-p", "pose_follow_radius_m:=0.0"], ros_env(DOMAIN_ID), log)
     try:
         pubs, sub, poses, diags = _io(ros, ns)
         assert spin_until(ros, lambda: all(p.get_subscription_count() > 0 for p in pubs.values())

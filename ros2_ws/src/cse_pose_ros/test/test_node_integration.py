@@ -47,9 +47,10 @@ def pose_node(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("it")
     write_oracle_model(tmp / "models" / "mug.onnx", "mug", crop_size=128, grid_size=32)
     log = tmp / "node.log"
+    # every frame is another random pose (not one object moving): ~/pose follows no object (radius 0)
     proc = start_node(["-r", f"__ns:={NAMESPACE}", "-p", f"model_dir:={tmp / 'models'}",
-                       "-p", "publish_debug_image:=true", "-p", "diagnostics_period_s:=0.5"],
-                      ros_env(DOMAIN_ID), log)
+                       "-p", "publish_debug_image:=true", "-p", "diagnostics_period_s:=0.5",
+                       "-p", "pose_follow_radius_m:=0.0"], ros_env(DOMAIN_ID), log)
     try:
         yield proc, log
     finally:
@@ -150,3 +151,45 @@ def test_node_answers_every_frame_over_dds(ros, pose_node):
     print(f"\n{len(poses)}/{N_FRAMES} poses; rotation error median {np.median(rot_err):.2f} deg, "
           f"translation error median {1e3 * np.median(trans_err):.2f} mm; node p50 total "
           f"{values['latency_p50_ms.total']} ms; test {elapsed:.1f} s")
+
+
+def test_object_frame_is_looked_up_through_tf2(ros, pose_node):
+    """A tf2_ros Buffer + TransformListener (what a robot's planner uses) finds the broadcast object frame."""
+    pytest.importorskip("tf2_ros", reason="tf2_ros is not installed")
+    from rclpy.duration import Duration
+    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.time import Time
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_ros import Buffer, TransformListener
+
+    proc, log = pose_node
+    node = ros
+    buffer = Buffer()
+    listener = TransformListener(buffer, node, spin_thread=False)
+    inputs = [node.create_publisher(t, name, qos_profile_sensor_data) for t, name in
+              zip((Image, Image, Image, CameraInfo), ("rgb/image", "depth/image", "mask/image", "rgb/camera_info"),
+                  strict=True)]
+    assert spin_until(node, lambda: all(p.get_subscription_count() > 0 for p in inputs), 30.0), \
+        log.read_text()[-2000:]
+    rgb, depth, mask, K, R, t, _size = _frames(1, seed=5)[0]
+    child = "cse/mug_1"
+    stamp0 = time.time()
+    found = False
+    for i in range(20):  # the same view at 10 Hz until the listener holds the transform
+        for pub, msg in zip(inputs, frame_messages(rgb, depth, mask, K, stamp0 + 0.1 * i, FRAME_ID), strict=True):
+            pub.publish(msg)
+        spin_until(node, lambda: False, 0.1)
+        if buffer.can_transform(FRAME_ID, child, Time()):
+            found = True
+            break
+    try:
+        assert found, f"no transform {FRAME_ID} -> {child}; frames known: {buffer.all_frames_as_string()}\n" \
+                      f"{log.read_text()[-2000:]}"
+        tf = buffer.lookup_transform(FRAME_ID, child, Time(), timeout=Duration(seconds=0.0))
+    finally:
+        node.destroy_subscription(listener.tf_sub)
+        node.destroy_subscription(listener.tf_static_sub)
+    assert tf.header.frame_id == FRAME_ID and tf.child_frame_id == child
+    p, q = tf.transform.translation, tf.transform.rotation
+    assert np.linalg.norm(np.array([p.x, p.y, p.z]) - t) < 0.005
+    assert rotation_error_deg(matrix_from_quaternion([q.x, q.y, q.z, q.w]), R) < 2.0

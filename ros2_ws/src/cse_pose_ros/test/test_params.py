@@ -25,7 +25,8 @@ DOMAIN_ID = 2 + os.getpid() % 30  # in-process nodes still talk DDS: their own d
 
 def _yaml_params() -> dict:
     data = yaml.safe_load((PKG / "config" / "pose.yaml").read_text())
-    return data["cse_pose_node"]["ros__parameters"]
+    assert list(data) == ["/**"]  # any node name and namespace (a 'cse_pose_node:' key misses /robot1/cse_pose_node)
+    return data["/**"]["ros__parameters"]
 
 
 def test_names_unique_and_snapshot_fields_match():
@@ -155,3 +156,44 @@ def test_declare_rejects_invalid_start_values(rcl_context):
             declare_parameters(node)
     finally:
         node.destroy_node()
+
+
+def test_robustness_parameters_validated():
+    d = NodeParams.defaults()
+    assert (d.time_jump_threshold_s, d.warn_after_skipped_frames) == (1.0, 10)
+    assert d.pose_follow_radius_m > 0 and d.pose_switch_after_s > 0  # ~/pose follows one object by default
+    problems = validate(d.replace({"sync_slop_s": 1.5}))  # a jump threshold within the slop could never fire
+    assert any("time_jump_threshold_s" in e and "sync_slop_s" in e for e in problems)
+    assert any("warn_after_skipped_frames" in e for e in validate(d.replace({"warn_after_skipped_frames": 0})))
+    new, why = apply_changes(d, [_Change("time_jump_threshold_s", 5.0)])
+    assert new is None and "read-only" in why  # the synchroniser is built once
+    new, why = apply_changes(d, [_Change("pose_follow_radius_m", 0.0), _Change("warn_after_skipped_frames", 3)])
+    assert why == "" and new.pose_follow_radius_m == 0.0 and new.warn_after_skipped_frames == 3
+
+
+@pytest.mark.parametrize("namespace", ["", "/robot1", "/fleet/robot2"])
+def test_pose_yaml_key_reaches_the_node_in_any_namespace(tmp_path, namespace):
+    """The shipped file's key (``/**``) applies to cse_pose_node in any namespace; the node-name key it replaced
+    is silently ignored as soon as a namespace is set (the reason for ``/**``)."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.node import Node
+
+    data = yaml.safe_load((PKG / "config" / "pose.yaml").read_text())
+    ((key, section),) = data.items()
+    section["ros__parameters"]["min_inliers"] = 21
+    shipped_key = tmp_path / "shipped_key.yaml"
+    shipped_key.write_text(yaml.safe_dump({key: section}))
+    node_key = tmp_path / "node_key.yaml"
+    node_key.write_text(yaml.safe_dump({"cse_pose_node": section}))
+    got = {}
+    for name, path in (("shipped", shipped_key), ("node_name", node_key)):
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, domain_id=DOMAIN_ID, args=["--ros-args", "--params-file", str(path)])
+        node = Node("cse_pose_node", namespace=namespace, context=ctx)
+        try:
+            got[name] = declare_parameters(node).min_inliers
+        finally:
+            node.destroy_node()
+            ctx.try_shutdown()
+    assert got["shipped"] == 21
+    assert got["node_name"] == (21 if not namespace else NodeParams.defaults().min_inliers)

@@ -1,11 +1,19 @@
-"""Pinhole camera: intrinsics validation and scaling, depth decoding, projection and back-projection.
+"""Pinhole camera: intrinsics validation and scaling, lens distortion, depth decoding, projection and
+back-projection.
 
 Conventions: OpenCV optical frame (x right, y down, z forward); pixel coordinates (u, v) = (column, row)
 with ``u = fx * X / Z + cx``, so integer coordinates are pixel centres. Depth in metres as float32 with
 0 marking an invalid sample.
+
+Everything after decoding works on pinhole images. A distorted stream (CameraInfo ``plumb_bob`` or
+``rational_polynomial`` with non-zero D, OpenCV's model and coefficient order) is rectified first with a
+:class:`Rectifier`: same K, same optical frame, the lens distortion removed (RGB bilinear, depth and mask
+nearest), so the crops the model sees, the lifted points, the ICP and the drawings all use one pinhole model.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,6 +21,22 @@ from .errors import InvalidDepthError, InvalidInputError, InvalidIntrinsicsError
 
 #: Depth encodings and their scale to metres.
 DEPTH_SCALE_TO_M: dict[str, float] = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
+
+#: Distortion models a :class:`Rectifier` undoes, with their number of coefficients (OpenCV order
+#: k1 k2 p1 p2 k3 [k4 k5 k6]).
+DISTORTION_MODELS: dict[str, int] = {"plumb_bob": 5, "rational_polynomial": 8}
+
+
+class CameraInfoMismatchError(InvalidIntrinsicsError):
+    """The CameraInfo describes another resolution than the image and is not an exact scale of it."""
+
+    reason = "camera_info_size_mismatch"
+
+
+class UnsupportedDistortionError(InvalidIntrinsicsError):
+    """Non-zero distortion coefficients of a model this package does not undo (rectify upstream)."""
+
+    reason = "unsupported_distortion"
 
 
 def validate_intrinsics(K: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -63,11 +87,135 @@ def scale_intrinsics(K: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, 
 
 
 def intrinsics_for_image(K: np.ndarray, info_wh: tuple[int, int], image_wh: tuple[int, int]) -> np.ndarray:
-    """Validated K for an image whose size may differ from the CameraInfo's (then K is scaled)."""
+    """Validated K for an image whose size may differ from the CameraInfo's by an exact uniform scale.
+
+    Raises:
+        InvalidIntrinsicsError: K invalid for ``info_wh``.
+        CameraInfoMismatchError: the sizes differ and not by one scale factor for both axes
+            (``w_image * h_info != h_image * w_info``): K describes another image (another stream, a crop,
+            another aspect ratio) and no scaling of it is right.
+    """
     K = validate_intrinsics(K, *info_wh)
-    if tuple(info_wh) != tuple(image_wh):
-        K = scale_intrinsics(K, info_wh, image_wh)
-    return K
+    (wi, hi), (w, h) = (int(x) for x in info_wh), (int(x) for x in image_wh)
+    if (wi, hi) == (w, h):
+        return K
+    if w <= 0 or h <= 0 or w * hi != h * wi:
+        raise CameraInfoMismatchError(
+            f"CameraInfo is {wi}x{hi} but the image is {w}x{h}, not one scale of it (aspect ratio differs), "
+            "so its K cannot be used for this image: publish the CameraInfo of this image stream")
+    return scale_intrinsics(K, (wi, hi), (w, h))
+
+
+def distortion_coefficients(model: str, D: np.ndarray | list[float]) -> np.ndarray | None:
+    """CameraInfo ``distortion_model`` and ``d`` -> 8 OpenCV coefficients, or None when there is no distortion.
+
+    Args:
+        model: ``plumb_bob`` (k1 k2 p1 p2 k3) or ``rational_polynomial`` (k1 k2 p1 p2 k3 k4 k5 k6); any model
+            name is accepted when D is empty or all zero.
+        D: the coefficients (shorter vectors are zero-padded, e.g. plumb_bob with 4).
+    Returns:
+        (8,) float64 k1 k2 p1 p2 k3 k4 k5 k6, or None (D empty or all zero: a pinhole image).
+    Raises:
+        InvalidIntrinsicsError: D not finite.
+        UnsupportedDistortionError: non-zero D of another model (e.g. ``equidistant``), or more non-zero
+            coefficients than the model has.
+    """
+    d = np.asarray(D, dtype=np.float64).reshape(-1)
+    if not np.isfinite(d).all():
+        raise InvalidIntrinsicsError(f"distortion coefficients contain NaN or inf: {d.tolist()}")
+    if not d.any():
+        return None
+    n = DISTORTION_MODELS.get(str(model))
+    if n is None:
+        raise UnsupportedDistortionError(
+            f"distortion model {model!r} with non-zero D {d.tolist()} is not supported (only "
+            f"{', '.join(DISTORTION_MODELS)}): publish rectified images (image_proc) with a pinhole CameraInfo")
+    if d[n:].any():
+        raise UnsupportedDistortionError(f"{model} has {n} coefficients, D has non-zero ones beyond: {d.tolist()}")
+    out = np.zeros(8)
+    out[: min(n, d.size)] = d[:n]
+    return out
+
+
+def distort_normalized(x: np.ndarray, y: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's lens model on normalized image coordinates (x = X/Z, y = Y/Z), float64.
+
+    ``D``: (8,) k1 k2 p1 p2 k3 k4 k5 k6 (:func:`distortion_coefficients`). Returns the distorted (x, y).
+    """
+    k1, k2, p1, p2, k3, k4, k5, k6 = (float(c) for c in np.asarray(D, np.float64).reshape(8))
+    r2 = x * x + y * y
+    radial = (1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1.0 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+    xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+    yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+    return xd, yd
+
+
+def rectify_maps(K: np.ndarray, D: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of the rectified (pinhole, same K) image lies in the distorted image.
+
+    Args:
+        K: (3, 3) intrinsics of both images. D: (8,) coefficients (:func:`distortion_coefficients`).
+        width, height: image size.
+    Returns:
+        (map_u, map_v): (height, width) float32 distorted-image pixel coordinates (pixel centres integer).
+    """
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    fx, skew, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    y = (v - cy) / fy
+    x = (u - cx - skew * y) / fx
+    xd, yd = distort_normalized(x, y, D)
+    return (fx * xd + skew * yd + cx).astype(np.float32), (fy * yd + cy).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Rectifier:
+    """Removes the lens distortion of one camera and image size (maps computed once, see :meth:`create`).
+
+    Attributes:
+        map_u, map_v: (H, W) float32 source pixel of each rectified pixel (:func:`rectify_maps`).
+        nearest_index: (H * W,) flat source index of each rectified pixel (nearest), 0 where outside.
+        inside: (H, W) bool, False where the source pixel lies outside the image (output 0 there).
+    """
+
+    map_u: np.ndarray
+    map_v: np.ndarray
+    nearest_index: np.ndarray
+    inside: np.ndarray
+
+    @classmethod
+    def create(cls, K: np.ndarray, D: np.ndarray, width: int, height: int) -> Rectifier:
+        """Precompute the maps of a ``width`` x ``height`` image with intrinsics K and coefficients D."""
+        map_u, map_v = rectify_maps(K, D, width, height)
+        iu, iv = np.rint(map_u).astype(np.int64), np.rint(map_v).astype(np.int64)
+        inside = (iu >= 0) & (iu < width) & (iv >= 0) & (iv < height)
+        index = np.where(inside, iv * width + iu, 0).reshape(-1)
+        return cls(map_u, map_v, index, inside)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the images this rectifier takes."""
+        return self.inside.shape
+
+    def nearest(self, image: np.ndarray) -> np.ndarray:
+        """(H, W[, C]) image (any dtype, e.g. depth or instance ids) resampled nearest; 0 outside."""
+        image = np.asarray(image)
+        if image.shape[:2] != self.shape:
+            raise InvalidInputError(f"image {image.shape[:2]} does not match the rectifier {self.shape}")
+        flat = image.reshape(self.inside.size, *image.shape[2:])
+        out = flat.take(self.nearest_index, axis=0).reshape(image.shape)
+        out[~self.inside] = 0
+        return out
+
+    def linear(self, image: np.ndarray) -> np.ndarray:
+        """(H, W[, C]) uint8/uint16/float32 image resampled bilinearly (colour images); 0 outside."""
+        import cv2  # OpenCV is a dependency of cse_pose; imported here to keep the core import light
+
+        image = np.ascontiguousarray(image)
+        if image.shape[:2] != self.shape:
+            raise InvalidInputError(f"image {image.shape[:2]} does not match the rectifier {self.shape}")
+        return cv2.remap(image, self.map_u, self.map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=0)
 
 
 def decode_depth(
