@@ -392,7 +392,6 @@ class PosePipeline:
             result.reason = REASON_INTERNAL
             result.vertices_cam = None
 
-
     def _postprocess(self, results: list[InstanceResult], depth: np.ndarray, mask: np.ndarray, K: np.ndarray,
                      stamp_s: float | None) -> None:
         """ICP refinement and temporal smoothing of the trusted poses, in place."""
