@@ -82,7 +82,7 @@ def _cmd_eval_models(args: argparse.Namespace) -> int:
 
     spec = dict(TEST_SPLIT, videos=args.videos, frames=[args.frames, args.frames])
     evaluate_shipped(args.models, args.data, args.out, categories=args.categories, spec=spec, workers=args.workers,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, splits=args.splits, lit_data_root=args.lit_data)
     return 0
 
 
@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--videos", type=int, default=20, help="test videos per category")
     m.add_argument("--frames", type=int, default=12, help="frames per test video")
     m.add_argument("--workers", type=int, default=2, help="processes generating the test videos")
+    m.add_argument("--splits", nargs="+", choices=["synthetic", "lit"], default=["synthetic", "lit"],
+                   help="synthetic: training's renderer; lit: the same scenes through open3d's lit renderer")
+    m.add_argument("--lit-data", dest="lit_data", default="data/eval_lit", help="the lit split is generated here once")
     m.add_argument("--no-progress", dest="no_progress", action="store_true")
     m.set_defaults(func=_cmd_eval_models)
 

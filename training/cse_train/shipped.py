@@ -12,6 +12,14 @@ printed). Per category the plain table is printed and ``<out>/<category>.json`` 
 ``<out>/summary.md`` holds one markdown table per category (the model cards' accuracy tables: every pose, and
 for the node the published poses only, untrusted = failure, with the share of frames published), the mug's
 errors by handle visibility and side, and the target check of the models issue.
+
+Second split (``splits`` containing ``"lit"``; ``make eval`` evaluates both): :data:`TEST_SPLIT_LIT`, the same
+scenes (same generation arguments, hence the same shapes, cameras, clutter, masks, depth and ground truth)
+rendered by a different renderer than training's, open3d's lit offscreen renderer with shadows and specular
+highlights, in texture families training never uses (:mod:`cse_train.data.lit`); generated once under
+``<lit_data_root>/<category>``; its tables are printed and written (``<out>/lit/<category>.json``, a
+``lit split`` section of ``summary.md``) under the split's name. It measures how much of the accuracy
+survives a change of renderer. Where open3d's renderer cannot run, the split is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -35,14 +43,23 @@ from .evaluate import (
     table_rows,
 )
 
-__all__ = ["BASELINE_LABELS", "TEST_SPLIT", "ensure_test_split", "evaluate_shipped", "markdown_handle_table",
-           "markdown_table"]
+__all__ = ["BASELINE_LABELS", "EVAL_SPLITS", "TEST_SPLIT", "TEST_SPLIT_LIT", "ensure_lit_split", "ensure_test_split",
+           "evaluate_shipped", "markdown_handle_table", "markdown_table"]
 
 #: Generation arguments of the evaluation split (``cse_train.data.synthetic.generate``), per category.
 #: ``gt``: version of the recorded ground truth (2: a mug's ``handle_visible``); a split made with other
 #: arguments, or before the field existed, is regenerated.
 TEST_SPLIT: dict[str, Any] = {"split": "test", "videos": 20, "frames": [12, 12], "width": 640, "height": 480,
                               "seed": 7, "gt": 2}
+#: Generation arguments of the lit split (``cse_train.data.lit.generate_lit``): the synthetic split's scenes
+#: (same seed) through open3d's lit renderer with the ``lit.LIT_FAMILIES`` textures; ``frame_timeout_s``:
+#: the stall watchdog's limit per frame (a frame stalling twice is skipped).
+TEST_SPLIT_LIT: dict[str, Any] = dict(TEST_SPLIT, renderer="open3d_lit/1", frame_timeout_s=60.0)
+#: Split name -> what it is (printed with its tables).
+EVAL_SPLITS: dict[str, str] = {
+    "synthetic": "held-out synthetic test split (training's renderer, unseen shapes and textures)",
+    "lit": "lit split (same scenes, open3d lit renderer with shadows, texture families never used in training)",
+}
 #: Evaluation modes in table order, with the label the cards use.
 BASELINE_LABELS: dict[str, str] = {
     "pipeline": "ours (confidence filter + RANSAC)",
@@ -67,6 +84,29 @@ def ensure_test_split(root: str | Path, category: str, spec: dict[str, Any] | No
     generate(root, category, spec["split"], spec["videos"], frames=tuple(spec["frames"]), width=spec["width"],
              height=spec["height"], seed=spec["seed"], workers=workers)
     stamp.write_text(json.dumps(spec))
+    return cat_dir
+
+
+def ensure_lit_split(root: str | Path, category: str, spec: dict[str, Any] | None = None, workers: int = 1) -> Path:
+    """The lit videos of ``category`` under ``<root>/<category>`` (as :func:`ensure_test_split`, made by
+    ``cse_train.data.lit.generate_lit``; the stamp also records how many frames the watchdog skipped, which
+    does not take part in the comparison). Returns the category directory."""
+    from .data.lit import generate_lit
+
+    spec = dict(TEST_SPLIT_LIT if spec is None else spec)
+    cat_dir = Path(root) / category
+    stamp = cat_dir / "split.json"
+    if stamp.is_file():
+        done = json.loads(stamp.read_text())
+        done.pop("skipped_frames", None)
+        if done == spec:
+            return cat_dir
+    stats = generate_lit(root, category, spec["videos"], frames=tuple(spec["frames"]), width=spec["width"],
+                         height=spec["height"], seed=spec["seed"], split=spec["split"], workers=workers,
+                         frame_timeout_s=spec["frame_timeout_s"], progress=False)
+    print(f"lit {category}: {stats.rendered}/{stats.frames} frames rendered in {stats.render_s:.0f} s, "
+          f"{stats.retried} retried, {stats.skipped} skipped by the stall watchdog")
+    stamp.write_text(json.dumps(dict(spec, skipped_frames=stats.skipped)))
     return cat_dir
 
 
@@ -141,15 +181,23 @@ def evaluate_shipped(
     baselines: Sequence[str] = tuple(BASELINE_LABELS),
     workers: int = 2,
     progress: bool = False,
+    splits: Sequence[str] = ("synthetic",),
+    lit_data_root: str | Path = "data/eval_lit",
+    lit_spec: dict[str, Any] | None = None,
 ) -> dict[str, list[EvalReport]]:
-    """Evaluate every ``<models_dir>/*.onnx`` (or those of ``categories``); print tables; write JSON and
-    ``<out_dir>/summary.md``. Returns category -> reports (in ``baselines`` order).
+    """Evaluate every ``<models_dir>/*.onnx`` (or those of ``categories``) on each of ``splits``
+    (:data:`EVAL_SPLITS`); print tables; write JSON and ``<out_dir>/summary.md``. Returns
+    ``<category>`` (synthetic split) or ``<category>/<split>`` (other splits) -> reports (in ``baselines`` order).
 
     Raises:
         FileNotFoundError: no model to evaluate.
+        ValueError: an unknown split.
     """
     from .export import read_onnx_metadata
 
+    unknown = [name for name in splits if name not in EVAL_SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; choose from {list(EVAL_SPLITS)}")
     t_start = time.perf_counter()
     paths = sorted(Path(models_dir).glob("*.onnx"))
     if categories is not None:
@@ -159,39 +207,63 @@ def evaluate_shipped(
         raise FileNotFoundError(f"no .onnx model under {models_dir}{which}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    specs = {"synthetic": dict(spec or TEST_SPLIT), "lit": dict(lit_spec or TEST_SPLIT_LIT)}
+    if spec is not None and lit_spec is None:  # the lit split follows the synthetic one's size and seed
+        specs["lit"] = dict(TEST_SPLIT_LIT, **{k: v for k, v in spec.items() if k in TEST_SPLIT})
     results: dict[str, list[EvalReport]] = {}
-    md = ["# make eval: shipped models on the held-out synthetic test split\n",
-          f"split: {json.dumps(spec or TEST_SPLIT)}"]
+    md = ["# make eval: shipped models on the held-out test splits\n"]
     # Every split first: the generator forks worker processes, which must not happen after onnxruntime and
     # torch have started their thread pools in this process (a forked child can inherit a held lock).
     metas = {path: read_onnx_metadata(path) for path in paths}
-    splits, t_gen = {}, {}
-    for path in paths:
-        t0 = time.perf_counter()
-        splits[path] = ensure_test_split(data_root, metas[path]["category"], spec, workers)
-        t_gen[path] = time.perf_counter() - t0
-    for path in paths:
-        meta = metas[path]
-        category = meta["category"]
-        t0 = time.perf_counter()
-        reports = run_evaluation(path, splits[path], category=category, baselines=list(baselines),
-                                 json_path=out / f"{category}.json", progress=progress, print_table=False)
-        t_eval = time.perf_counter() - t0
-        frames = int(reports[0].summary["frames"])
-        print(f"\n== {category}: {path} (version {meta.get('version', '?')}, {path.stat().st_size / 2**20:.1f} MiB), "
-              f"{frames} frames; data {t_gen[path]:.0f} s, evaluation {t_eval:.0f} s")
-        print(format_table(reports))
-        print(_target_line(reports))
-        md += [f"\n## {category}\n\n`{path.name}` version `{meta.get('version', '?')}`, {frames} frames\n",
-               markdown_table(reports), "", _target_line(reports)]
-        if handle_line(reports):
-            ours = next((r for r in reports if r.mode == "pipeline"), reports[0])
-            print(handle_line(reports))
-            print(format_handle_table(ours))
-            md += ["", handle_line(reports), "", markdown_handle_table(ours)]
-        results[category] = reports
+    split_dirs: dict[tuple[str, Path], Path] = {}
+    t_gen: dict[tuple[str, Path], float] = {}
+    active = list(splits)
+    if "lit" in active:
+        from .data.lit import lit_renderer_available
+
+        ok, why = lit_renderer_available()
+        if not ok:
+            print(f"lit split skipped: {why}")
+            md.append(f"lit split skipped: {why}\n")
+            active.remove("lit")
+    for name in active:
+        for path in paths:
+            t0 = time.perf_counter()
+            category = metas[path]["category"]
+            if name == "lit":
+                split_dirs[name, path] = ensure_lit_split(lit_data_root, category, specs[name], workers)
+            else:
+                split_dirs[name, path] = ensure_test_split(data_root, category, specs[name], workers)
+            t_gen[name, path] = time.perf_counter() - t0
+    for name in active:
+        split_out = out if name == "synthetic" else out / name
+        split_out.mkdir(parents=True, exist_ok=True)
+        md += [f"\n# {name}: {EVAL_SPLITS[name]}\n", f"split: {json.dumps(specs[name])}"]
+        for path in paths:
+            meta = metas[path]
+            category = meta["category"]
+            t0 = time.perf_counter()
+            reports = run_evaluation(path, split_dirs[name, path], category=category, baselines=list(baselines),
+                                     json_path=split_out / f"{category}.json", progress=progress,
+                                     print_table=False)
+            t_eval = time.perf_counter() - t0
+            frames = int(reports[0].summary["frames"])
+            print(f"\n== {category} [{name} split]: {path} (version {meta.get('version', '?')}, "
+                  f"{path.stat().st_size / 2**20:.1f} MiB), {frames} frames; data {t_gen[name, path]:.0f} s, "
+                  f"evaluation {t_eval:.0f} s")
+            print(format_table(reports))
+            print(_target_line(reports))
+            md += [f"\n## {category} ({name} split)\n\n`{path.name}` version `{meta.get('version', '?')}`, "
+                   f"{frames} frames\n", markdown_table(reports), "", _target_line(reports)]
+            if handle_line(reports):
+                ours = next((r for r in reports if r.mode == "pipeline"), reports[0])
+                print(handle_line(reports))
+                print(format_handle_table(ours))
+                md += ["", handle_line(reports), "", markdown_handle_table(ours)]
+            results[category if name == "synthetic" else f"{category}/{name}"] = reports
     total = time.perf_counter() - t_start
     md.append(f"\ntotal {total / 60:.1f} min")
     (out / "summary.md").write_text("\n".join(md) + "\n")
-    print(f"\nmake eval: {len(results)} model(s) in {total / 60:.1f} min; markdown tables in {out / 'summary.md'}")
+    print(f"\nmake eval: {len(paths)} model(s) on {len(active)} split(s) ({', '.join(active)}) in "
+          f"{total / 60:.1f} min; markdown tables in {out / 'summary.md'}")
     return results
