@@ -54,7 +54,8 @@ def camera_info(K: np.ndarray, width: int, height: int, header):
 def frame_messages(rgb: np.ndarray, depth_m: np.ndarray, mask: np.ndarray, K: np.ndarray, stamp_s: float,
                    frame_id: str = "camera_color_optical_frame", depth_encoding: str = "16UC1",
                    mask_encoding: str = "mono8"):
-    """(rgb Image, depth Image, mask Image, CameraInfo) of one frame, all stamped ``stamp_s``.
+    """(rgb Image, depth Image, mask Image, CameraInfo) of one frame, all stamped ``stamp_s``, each with its own
+    ``Header`` object (so re-stamping one message in a test moves only that one).
 
     Args:
         rgb: (H, W, 3) uint8 RGB. depth_m: (H, W) metres (0 = invalid). mask: (H, W) integer ids.
@@ -62,16 +63,18 @@ def frame_messages(rgb: np.ndarray, depth_m: np.ndarray, mask: np.ndarray, K: np
     """
     from std_msgs.msg import Header
 
-    header = Header(stamp=time_msg(stamp_s), frame_id=frame_id)
+    def header() -> Header:
+        return Header(stamp=time_msg(stamp_s), frame_id=frame_id)
+
     depth = np.asarray(depth_m, np.float32)
     if depth_encoding == "16UC1":
         depth = np.clip(np.rint(np.nan_to_num(depth) * 1000.0), 0, 65535).astype(np.uint16)
     mask_dtype = {"mono8": np.uint8, "mono16": np.uint16, "16UC1": np.uint16, "32SC1": np.int32}[mask_encoding]
     h, w = depth.shape
-    return (numpy_to_image(np.ascontiguousarray(rgb, np.uint8), "rgb8", header),
-            numpy_to_image(depth, depth_encoding, header),
-            numpy_to_image(np.asarray(mask).astype(mask_dtype), mask_encoding, header),
-            camera_info(K, w, h, header))
+    return (numpy_to_image(np.ascontiguousarray(rgb, np.uint8), "rgb8", header()),
+            numpy_to_image(depth, depth_encoding, header()),
+            numpy_to_image(np.asarray(mask).astype(mask_dtype), mask_encoding, header()),
+            camera_info(K, w, h, header()))
 
 
 def ros_env(domain_id: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
