@@ -465,8 +465,8 @@ class EvalReport:
             with a trusted pose, i.e. published by the node), ``symmetric_frames`` (frames scored as
             y-symmetric: all for bottle/bowl/can, the handle-hidden ones for mug) and ``ms_per_frame``.
         reasons: failure reason -> count.
-        frames: per frame ``{"name", "iou", "rotation_deg", "translation_cm", "trusted", "reason", "quality",
-            "symmetric"}`` (``quality`` = the pose's fit quality when a pose was produced; mugs add
+        frames: per frame ``{"name", "iou", "rotation_deg", "translation_cm", "size_cm", "trusted", "reason",
+            "quality", "symmetric"}`` (``quality`` = the pose's fit quality when a pose was produced; mugs add
             ``handle_visible`` and ``handle_side``).
         published: ``summarize`` with untrusted poses counted as failures (what a user of the node gets),
             plus ``failures`` (frames without a published pose).
@@ -600,7 +600,8 @@ def evaluate(
         if err is None:
             reasons[str(reason or "no_pose")] += 1
         else:
-            record.update(iou=err.iou, rotation_deg=err.rotation_deg, translation_cm=err.translation_cm)
+            record.update(iou=err.iou, rotation_deg=err.rotation_deg, translation_cm=err.translation_cm,
+                          size_cm=err.size_cm)
         errors.append(err)
         published.append(err if trusted else None)
         records.append(record)
@@ -659,15 +660,17 @@ def table_rows(report: EvalReport) -> list[tuple[str, dict[str, float]]]:
 def format_table(reports: Sequence[EvalReport]) -> str:
     """Plain-text table: per report a row over every pose and (:func:`has_published_row`) a row
     ``<mode>, published`` counting untrusted poses as failures; metrics in %, medians in degrees / cm,
+    ``size cm`` = median of the largest box-extent error (``core.metrics.size_error_cm``),
     ``publ%`` = share of frames with a trusted (published) pose."""
-    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "fail", "publ%", "frames",
-            "ms/frame"]
+    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "size cm", "fail", "publ%",
+            "frames", "ms/frame"]
     head = f"{'mode':<30}" + "".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for r in reports:
         for suffix, s in table_rows(r):
             vals = [f"{100.0 * s[n]:9.1f}" for n in METRIC_NAMES]
-            vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}"]
+            vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}",
+                     f"{s.get('median_size_cm', float('nan')):9.2f}"]
             vals += [f"{int(s['failures']):9d}", f"{100.0 * r.summary.get('published', float('nan')):9.1f}",
                      f"{int(s['frames']):9d}", f"{r.summary['ms_per_frame']:9.1f}"]
             lines.append(f"{r.mode + suffix:<30}" + "".join(vals))
@@ -696,7 +699,7 @@ def format_handle_table(report: EvalReport) -> str:
     """Plain-text metrics (any pose) of one mug report by handle visibility and side ("" for other categories)."""
     if not report.by_handle:
         return ""
-    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "frames"]
+    cols = [*(_LABELS.get(n, n) for n in METRIC_NAMES), "med rot°", "med cm", "size cm", "frames"]
     head = f"{report.mode + ' by handle':<36}" + "".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for group, label in HANDLE_GROUPS.items():
@@ -704,7 +707,8 @@ def format_handle_table(report: EvalReport) -> str:
         if not s:
             continue
         vals = [f"{100.0 * s[n]:9.1f}" for n in METRIC_NAMES]
-        vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}", f"{int(s['frames']):9d}"]
+        vals += [f"{s['median_rotation_deg']:9.2f}", f"{s['median_translation_cm']:9.2f}",
+                 f"{s.get('median_size_cm', float('nan')):9.2f}", f"{int(s['frames']):9d}"]
         lines.append(f"{label:<36}" + "".join(vals))
     return "\n".join(lines)
 

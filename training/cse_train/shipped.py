@@ -114,13 +114,14 @@ _MD_LABELS = {"5deg2cm": "5°2cm", "5deg5cm": "5°5cm", "10deg2cm": "10°2cm", "
 
 
 def _md_head(first: str, last: str) -> list[str]:
-    cols = [first, *(_MD_LABELS.get(n, n) for n in METRIC_NAMES), "median rot°", "median cm", last]
+    cols = [first, *(_MD_LABELS.get(n, n) for n in METRIC_NAMES), "median rot°", "median cm", "median size cm", last]
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
 
 def _md_values(s: dict[str, float]) -> list[str]:
     vals = [f"{100 * s[c]:.1f}" for c in METRIC_NAMES]
-    return vals + [f"{s['median_rotation_deg']:.2f}", f"{s['median_translation_cm']:.2f}"]
+    return vals + [f"{s['median_rotation_deg']:.2f}", f"{s['median_translation_cm']:.2f}",
+                   f"{s.get('median_size_cm', float('nan')):.2f}"]
 
 
 def markdown_table(reports: Sequence[EvalReport]) -> str:

@@ -127,8 +127,8 @@ def test_markdown_table_rows_follow_the_labels():
     from cse_train.evaluate import EvalReport
 
     summary = {"IoU25": 1.0, "IoU50": 0.5, "IoU75": 0.25, "5deg2cm": 0.1, "5deg5cm": 0.2, "10deg2cm": 0.3,
-               "10deg5cm": 0.4, "median_rotation_deg": 12.345, "median_translation_cm": 1.5, "failures": 0.0,
-               "published": 0.5}
+               "10deg5cm": 0.4, "median_rotation_deg": 12.345, "median_translation_cm": 1.5, "median_size_cm": 0.678,
+               "failures": 0.0, "published": 0.5}
     published = dict(summary, IoU25=0.5, IoU50=0.25, failures=2.0)
     table = markdown_table([EvalReport("pipeline", "mug", summary, published=published),
                             EvalReport("umeyama_all", "mug", summary, published=dict(summary))])
@@ -136,7 +136,7 @@ def test_markdown_table_rows_follow_the_labels():
     assert len(lines) == 5
     assert lines[0].startswith("| mode | IoU25 | IoU50 | IoU75 | 5°2cm |") and lines[0].endswith("| published % |")
     assert lines[2] == ("| ours (confidence filter + RANSAC) | 100.0 | 50.0 | 25.0 | 10.0 | 20.0 | 30.0 | 40.0 "
-                        "| 12.35 | 1.50 | 50.0 |")
+                        "| 12.35 | 1.50 | 0.68 | 50.0 |")
     assert lines[3].startswith("| ours (confidence filter + RANSAC), published poses only (untrusted = failure) "
                                "| 50.0 | 25.0 | 25.0 |")
     assert lines[4].startswith("| (b) plain Umeyama")  # nothing untrusted: no second row

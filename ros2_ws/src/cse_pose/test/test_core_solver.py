@@ -19,6 +19,7 @@ from cse_pose.core.metrics import (
     iou_3d,
     rotation_about_axis,
     rotation_error_deg,
+    size_error_cm,
     summarize,
     symmetric_iou,
     translation_error_cm,
@@ -279,6 +280,18 @@ def test_evaluate_and_summarize_thresholds():
     assert [n for n, _, _ in POSE_THRESHOLDS] == ["5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm"]
     with pytest.raises(InvalidInputError):
         iou_3d(np.eye(2), t, size, R, t, size)
+
+
+def test_size_error_is_the_largest_extent_error_and_symmetric_objects_compare_x_z_sorted():
+    gt = np.array([0.08, 0.12, 0.10])
+    assert size_error_cm(np.array([0.08, 0.15, 0.10]), gt) == pytest.approx(3.0)
+    swapped = np.array([0.10, 0.12, 0.08])  # x and z exchanged: a 90 deg turn about y
+    assert size_error_cm(swapped, gt) == pytest.approx(2.0)
+    assert size_error_cm(swapped, gt, symmetric=True) == pytest.approx(0.0)
+    e = evaluate_pose(np.eye(3), np.zeros(3), np.array([0.09, 0.12, 0.10]), np.eye(3), np.zeros(3), gt)
+    summary = summarize([e, PoseErrors(1.0, 1.0, 1.0, 5.0), PoseErrors(1.0, 1.0, 1.0), None])
+    assert e.size_cm == pytest.approx(1.0) and summary["median_size_cm"] == pytest.approx(3.0)
+    assert np.isnan(summarize([None])["median_size_cm"])
 
 
 def test_decode_then_select_ignores_nan_depth():

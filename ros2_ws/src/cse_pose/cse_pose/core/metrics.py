@@ -167,11 +167,26 @@ def symmetric_iou(
 
 @dataclass(frozen=True)
 class PoseErrors:
-    """Errors of one predicted box against its ground truth."""
+    """Errors of one predicted box against its ground truth (``size_cm``: :func:`size_error_cm`; NaN when
+    not measured)."""
 
     iou: float
     rotation_deg: float
     translation_cm: float
+    size_cm: float = float("nan")
+
+
+def size_error_cm(size_pred: np.ndarray, size_gt: np.ndarray, symmetric: bool = False) -> float:
+    """Largest per-axis difference of the box extents (3,) metres, in cm.
+
+    For a y-symmetric object the x and z extents are compared sorted (a turn about y swaps them).
+    """
+    pred = np.asarray(size_pred, dtype=np.float64).reshape(3)
+    gt = np.asarray(size_gt, dtype=np.float64).reshape(3)
+    if symmetric:
+        pred = np.array([*sorted((pred[0], pred[2])), pred[1]])
+        gt = np.array([*sorted((gt[0], gt[2])), gt[1]])
+    return float(100.0 * np.max(np.abs(pred - gt)))
 
 
 def evaluate_pose(
@@ -183,13 +198,15 @@ def evaluate_pose(
     size_gt: np.ndarray,
     symmetric: bool = False,
 ) -> PoseErrors:
-    """IoU (symmetric IoU for symmetric categories), rotation error (deg) and translation error (cm)."""
+    """IoU (symmetric IoU for symmetric categories), rotation error (deg), translation error (cm) and size
+    error (cm, :func:`size_error_cm`)."""
     if symmetric:
         iou = symmetric_iou(R_pred, t_pred, size_pred, R_gt, t_gt, size_gt)
     else:
         iou = iou_3d(R_pred, t_pred, size_pred, R_gt, t_gt, size_gt)
     return PoseErrors(
-        iou, rotation_error_deg(R_pred, R_gt, symmetric), translation_error_cm(t_pred, t_gt)
+        iou, rotation_error_deg(R_pred, R_gt, symmetric), translation_error_cm(t_pred, t_gt),
+        size_error_cm(size_pred, size_gt, symmetric),
     )
 
 
@@ -197,7 +214,8 @@ def summarize(errors: Iterable[PoseErrors | None]) -> dict[str, float]:
     """Fraction of frames meeting each threshold (``None`` = failed frame, counts as a miss).
 
     Returns keys ``IoU25, IoU50, IoU75, 5deg2cm, 5deg5cm, 10deg2cm, 10deg5cm`` (fractions in [0, 1]),
-    ``median_rotation_deg``, ``median_translation_cm`` (over successful frames) and ``frames``.
+    ``median_rotation_deg``, ``median_translation_cm``, ``median_size_cm`` (over successful frames; NaN
+    when none, or no size error was measured) and ``frames``.
     """
     errs: Sequence[PoseErrors | None] = list(errors)
     n = len(errs)
@@ -209,4 +227,6 @@ def summarize(errors: Iterable[PoseErrors | None]) -> dict[str, float]:
         out[name] = sum(e.rotation_deg < rot and e.translation_cm < trans for e in ok) / n if n else 0.0
     out["median_rotation_deg"] = float(np.median([e.rotation_deg for e in ok])) if ok else float("nan")
     out["median_translation_cm"] = float(np.median([e.translation_cm for e in ok])) if ok else float("nan")
+    sizes = [e.size_cm for e in ok if np.isfinite(e.size_cm)]
+    out["median_size_cm"] = float(np.median(sizes)) if sizes else float("nan")
     return out
