@@ -5,7 +5,8 @@
 - ``train``: :func:`cse_train.train.train` (``torchrun --nproc_per_node=K -m cse_train train ...`` for DDP).
 - ``evaluate``: :func:`cse_train.evaluate.run_evaluation` (table + JSON; baselines as flags).
 - ``eval-models``: :func:`cse_train.shipped.evaluate_shipped` (``make eval``: every shipped model, all baselines).
-- ``export``: checkpoint -> ``<out-dir>/<category>.onnx`` + ``<category>.pt`` (TorchScript), verified.
+- ``export``: checkpoint (or, ``--from-onnx``, an exported file re-exported with the current graph) ->
+  ``<out-dir>/<category>.onnx`` + ``<category>.pt`` (TorchScript), verified.
 - ``smoke``: tiny synthetic set -> a short CPU training of the ``small`` model -> export -> check the ONNX runs
   in onnxruntime -> evaluation on the test videos; prints the figures (``make train-smoke``).
 - ``from-bag``: a recorded ROS 2 bag -> Wild6D-layout videos (:mod:`cse_train.from_bag`; no ROS needed).
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,9 +111,34 @@ def export_model(
     return onnx_path
 
 
+def reexport_onnx(
+    source: str | Path, out_dir: str | Path, training_data: str = "", version: str = "", **kwargs: Any
+) -> Path:
+    """Rebuild the network of an exported file (``adapt.model_from_onnx``) and export it again with today's
+    export graph (``model.ExportWrapper``), keeping its ``training_data`` and ``version`` unless given.
+    ``kwargs`` go to :func:`export_model`."""
+    import tempfile
+
+    from .adapt import model_from_onnx
+    from .export import read_onnx_metadata
+    from .model import save_checkpoint
+
+    meta = read_onnx_metadata(source)
+    model = model_from_onnx(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = save_checkpoint(Path(tmp) / "rebuilt.pt", model)
+        return export_model(checkpoint, out_dir, training_data or meta.get("training_data", ""),
+                            version or meta.get("version", ""), **kwargs)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    path = export_model(args.checkpoint, args.out_dir, args.training_data, args.version,
-                        fp16_weights=args.fp16_weights, torchscript=not args.no_torchscript)
+    if (args.checkpoint is None) == (args.from_onnx is None):
+        raise SystemExit("export: give exactly one of --checkpoint and --from-onnx")
+    kwargs = {"fp16_weights": args.fp16_weights, "torchscript": not args.no_torchscript}
+    if args.from_onnx is not None:
+        path = reexport_onnx(args.from_onnx, args.out_dir, args.training_data, args.version, **kwargs)
+    else:
+        path = export_model(args.checkpoint, args.out_dir, args.training_data, args.version, **kwargs)
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB)" + ("" if args.no_torchscript else f" and {path.with_suffix('.pt')}"))
     return 0
@@ -353,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", dest="no_progress", action="store_true")
     m.set_defaults(func=_cmd_eval_models)
 
-    x = sub.add_parser("export", help="checkpoint -> <out-dir>/<category>.onnx + .pt")
-    x.add_argument("--checkpoint", required=True)
+    x = sub.add_parser("export", help="checkpoint (or an exported ONNX file) -> <out-dir>/<category>.onnx + .pt")
+    x.add_argument("--checkpoint", default=None)
+    x.add_argument("--from-onnx", dest="from_onnx", default=None,
+                   help="re-export this ONNX file's network with the current export graph (keeps its training "
+                        "data and version unless given)")
     x.add_argument("--out-dir", dest="out_dir", default="models")
     x.add_argument("--training-data", dest="training_data", default="")
     x.add_argument("--version", default="")

@@ -244,3 +244,21 @@ def test_store_weights_fp16_halves_the_file_and_rounds_only_the_weights(exported
     assert 0.0 < diffs["vertices"] < 1e-2 and diffs["match"] < 5e-2, diffs
     # a threshold above every tensor's size converts nothing
     assert store_weights_fp16(onnx_path, tmp_path / "none.onnx", min_elements=10**9)["converted"] == 0
+
+
+def test_reexport_from_onnx_keeps_the_network_and_its_facts(exported, tmp_path):
+    """``cse_train export --from-onnx``: a shipped file rebuilt and exported with today's graph answers as before."""
+    from cse_train.__main__ import reexport_onnx
+
+    _, onnx_path, _ = exported
+    out = reexport_onnx(onnx_path, tmp_path, torchscript=False)
+    assert out == tmp_path / "mug.onnx" and not out.with_suffix(".pt").exists()
+    before, after = read_onnx_metadata(onnx_path), read_onnx_metadata(out)
+    assert after["version"] == "0.0.1-test" and after["training_data"] == "unit-test synthetic"
+    assert after["faces"] == before["faces"]
+    rgb, mask = disc_crops(2, 128, 32, seed=7)
+    feeds = {"rgb": rgb.numpy(), "mask": mask.numpy()}
+    old = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(list(OUTPUT_NAMES), feeds)
+    new = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(list(OUTPUT_NAMES), feeds)
+    for name, a, b in zip(OUTPUT_NAMES, old, new, strict=True):
+        assert np.abs(a - b).max() <= (1e-3 if name != "confidence" else 1e-2), name

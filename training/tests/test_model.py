@@ -10,10 +10,12 @@ import torch
 
 from cse_train.config import CONFIGS, ModelConfig, config_from_dict, get_config
 from cse_train.model import (
+    Correspondence,
     CSENet,
     ExportWrapper,
     ShapeDeformer,
     cycle_confidence,
+    fused_correspondence,
     load_checkpoint,
     ndc_grid,
     rotation_from_6d,
@@ -229,6 +231,46 @@ def test_cycle_confidence_in_model_equals_direct():
         out = model(torch.rand(2, 3, 128, 128), mask, with_confidence=True)
     slow, _ = direct_cycle_confidence(out.match.reshape(2, -1, 3), out.vertices, out.imatch, ndc_grid(32))
     assert (out.confidence.reshape(2, -1) - slow).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("tau", [10.0, 30.0])
+def test_fused_correspondence_equals_the_two_softmax_form(tau):
+    """The export graph's one-exponential correspondence gives the training module's match and confidence,
+    for cells inside and outside the mask and for an image whose mask is empty."""
+    gen = torch.Generator().manual_seed(5)
+    b, c, n, g = 3, 16, 200, 16
+    unit = lambda x: x / x.norm(dim=1 if x.ndim == 4 else -1, keepdim=True)  # noqa: E731
+    img_feat = unit(torch.randn(b, c, g, g, generator=gen))
+    mesh_feat = unit(torch.randn(b, n, c, generator=gen))
+    vertices = torch.randn(b, n, 3, generator=gen)
+    mask = (torch.rand(b, 1, g, g, generator=gen) > 0.4).float()
+    mask[2] = 0.0  # nothing on the object
+    ref = Correspondence(g, tau=tau)(img_feat, mesh_feat, vertices, mask, with_confidence=True)
+    match, confidence = fused_correspondence(img_feat, mesh_feat, vertices, mask, ndc_grid(g), tau, 5.0)
+    assert match.shape == ref.match.shape and confidence.shape == ref.confidence.shape
+    assert (match - ref.match).abs().max().item() < 1e-5
+    assert (confidence - ref.confidence).abs().max().item() < 1e-4
+    inside = mask[:2, 0].bool()
+    assert ref.confidence[:2][inside].std() > 0.05  # the inputs exercise different confidences
+    assert torch.allclose(match[2], vertices[2].mean(0).expand(g, g, 3), atol=1e-6)
+
+
+def test_fused_correspondence_refuses_a_temperature_whose_sums_could_underflow():
+    x = torch.nn.functional.normalize(torch.randn(1, 8, 4, 4), dim=1)
+    f = torch.nn.functional.normalize(torch.randn(1, 10, 8), dim=-1)
+    with pytest.raises(ValueError, match="tau"):
+        fused_correspondence(x, f, torch.randn(1, 10, 3), torch.ones(1, 1, 4, 4), ndc_grid(4), 200.0, 5.0)
+
+
+def test_export_wrapper_matches_the_model_forward():
+    model = make_model("small").eval()
+    rgb, mask = torch.rand(2, 3, 128, 128), square_mask(2, 32)
+    with torch.no_grad():
+        out = model(rgb, mask, with_confidence=True)
+        vertices, match, confidence = ExportWrapper(model).eval()(rgb, mask)
+    assert (vertices - out.vertices).abs().max().item() < 1e-5
+    assert (match - out.match).abs().max().item() < 1e-5
+    assert (confidence - out.confidence).abs().max().item() < 1e-4
 
 
 # ------------------------------------------------------------------------------------------------
