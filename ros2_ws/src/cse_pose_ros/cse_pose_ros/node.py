@@ -359,6 +359,8 @@ class PoseNode(Node):
             t2 = time.perf_counter()
             published = self._publish(rgb_msg, frame, result.instances)
         except Exception as exc:  # noqa: BLE001
+            if self._shut_down():
+                return  # SIGINT shut the context down while this frame was being published
             self._reject(REASON_INTERNAL, f"publishing failed: {type(exc).__name__}: {exc}")
             return
         timings["publish"] = (time.perf_counter() - t2) * 1e3
@@ -564,7 +566,16 @@ class PoseNode(Node):
         status = diag.build_status(self._stats, name=f"{self.get_fully_qualified_name()}: pose pipeline",
                                    hardware_id="cse_pose", level=level, message=message, models=models,
                                    extra=extra)
-        self._pub_diag.publish(diag.build_array(status, self.get_clock().now().to_msg()))
+        try:
+            self._pub_diag.publish(diag.build_array(status, self.get_clock().now().to_msg()))
+        except Exception:
+            if not self._shut_down():
+                raise
+            # SIGINT shut the context down between the timer and this job on the frame thread: nothing to report
+
+    def _shut_down(self) -> bool:
+        """Whether the node's context is shut down (Ctrl-C): publishing then fails and is not an error."""
+        return not self.context.ok()
 
     def destroy_node(self) -> None:
         """Stop the frame thread (after its frame in progress), detach the logging bridge, destroy the node."""

@@ -332,3 +332,24 @@ def test_pose_follows_one_of_two_objects_whose_qualities_cross(harness, monkeypa
     assert harness.node.set_parameters([Parameter("pose_follow_radius_m", value=0.0)])[0].successful
     best_each = run(10_000_010.0)
     assert np.ptp(best_each) > 0.2, best_each  # what ~/pose did before: 25 cm hops
+
+
+def test_publishing_after_ctrl_c_is_quiet_but_a_failure_while_running_is_not(harness, monkeypatch):
+    """SIGINT shuts the context down while the frame thread may be publishing: that must not raise (a traceback
+    at Ctrl-C); the same failure with the context up still does."""
+    node = harness.node
+
+    def broken(msg):
+        raise RuntimeError("Failed to publish: publisher's context is invalid")
+
+    monkeypatch.setattr(node._pub_diag, "publish", broken)
+    with pytest.raises(RuntimeError):
+        node._publish_diagnostics()
+    monkeypatch.setattr(node._pub_pose, "publish", broken)
+    harness.send(good(1000.0))
+    assert any(reason == "internal_error" and "publishing failed" in text for reason, text in harness.warnings)
+    n_warnings = len(harness.warnings)
+    node.context.shutdown()
+    node._publish_diagnostics()  # no exception
+    harness.send(good(1001.0))
+    assert len(harness.warnings) == n_warnings  # nothing reported for a frame published during shutdown

@@ -142,7 +142,7 @@ def test_shipped_fastdds_profile_keeps_up_with_the_10hz_camera(synthetic, prefix
 
     With Fast DDS's default 512 KiB segment the same bring-up processed 2.0-4.7 Hz with the node busy only 9-30 %
     of the time, and a second subscriber of the RGB topic received 2.2 Hz. The second subscriber's rate is always
-    asserted (the transport); the node's rate too, unless the node was computing at least half of the time
+    asserted (the transport: at least half the camera's rate); the node's rate too, unless the node was computing at least half of the time
     (rate x median frame time: other processes hold the cores), where the CPU, not DDS, sets it (a note)."""
     from cse_pose_dev.ros_io import stamp_seconds
     from cse_pose_ros.diagnostics import status_values
@@ -168,7 +168,9 @@ def test_shipped_fastdds_profile_keeps_up_with_the_10hz_camera(synthetic, prefix
     busy = rate * float(values.get("latency_p50_ms.total", "0")) / 1e3
     print(f"\nsynthetic 640x480 camera at {SYNTHETIC_RATE_HZ:g} Hz under ros2 launch: node processed {rate:.2f} Hz "
           f"over {t1 - t0:.1f} s, busy {100 * busy:.0f} % of the time; a second subscriber received {received:.2f} Hz")
-    assert received >= 0.95 * SYNTHETIC_RATE_HZ, f"{received:.2f} Hz of RGB frames reached a second subscriber"
+    # The subscriber is this Python test process, which shares the 2 cores with the launch: it measured 6.2-10 Hz
+    # when other work loaded the machine, while the transport failure this guards against gives 2.2 Hz.
+    assert received >= 0.5 * SYNTHETIC_RATE_HZ, f"{received:.2f} Hz of RGB frames reached a second subscriber"
     if rate < 0.95 * SYNTHETIC_RATE_HZ and busy >= 0.5:
         print("note: the node is CPU-bound here (other processes on the cores), not starved by the transport")
         return
