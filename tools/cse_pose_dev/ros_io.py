@@ -98,9 +98,24 @@ def large_frames_env() -> dict[str, str]:
     return fastdds_profile_env(share_directory())
 
 
+def sigint_reaches_children() -> None:
+    """Let the processes started from here get SIGINT's default action.
+
+    A shell starts a background job (``make test &``) with SIGINT ignored, and a child inherits an ignored
+    signal: ``ros2 launch`` then never sees the SIGINT that :func:`stop_process` and the tests send (measured: 3
+    launch tests ended by SIGKILL, exit -9). A handled signal is reset to the default at exec, so this process
+    gets Python's handler back (main thread only; elsewhere nothing changes).
+    """
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def start_node(ros_args: Sequence[str], env: Mapping[str, str], log_path: str | Path | None = None,
                module: str = "cse_pose_ros") -> subprocess.Popen:
     """Start ``python -m <module> --ros-args <ros_args>`` in its own process group; output to ``log_path``."""
+    sigint_reaches_children()
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], env=dict(env),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -168,6 +183,7 @@ def start_launch(launch_args: Sequence[str], env: Mapping[str, str], log_path: s
                  cwd: str | Path | None = None) -> subprocess.Popen:
     """Start ``ros2 launch <launch_args>`` in its own session (one process group: :func:`stop_process` with
     ``group=True`` leaves nothing behind); stdout and stderr to ``log_path``."""
+    sigint_reaches_children()
     with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([ros2_executable(), "launch", *launch_args], env=dict(env), cwd=cwd, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
