@@ -142,8 +142,9 @@ def test_shipped_fastdds_profile_keeps_up_with_the_10hz_camera(synthetic, prefix
 
     With Fast DDS's default 512 KiB segment the same bring-up processed 2.0-4.7 Hz with the node busy only 9-30 %
     of the time, and a second subscriber of the RGB topic received 2.2 Hz. The second subscriber's rate is always
-    asserted (the transport: at least half the camera's rate); the node's rate too, unless the node was computing at least half of the time
-    (rate x median frame time: other processes hold the cores), where the CPU, not DDS, sets it (a note)."""
+    asserted (the transport: at least half the camera's rate); the node's rate too, unless the node was computing
+    at least half of the time (rate x median frame time: other processes hold the cores), where the CPU, not
+    DDS, sets it (a note)."""
     from cse_pose_dev.ros_io import stamp_seconds
     from cse_pose_ros.diagnostics import status_values
 
