@@ -314,3 +314,17 @@ def test_lift_coordinates_follow_the_depth_sampling():
     np.testing.assert_array_equal(np.stack([xr, yr]), np.stack(crop_to_image(u, v, box)))
     with pytest.raises(InvalidInputError):
         lift_coordinates(u, v, box, "bilinear")
+
+
+def test_inlier_threshold_grows_with_the_object_and_never_falls_below_the_fixed_one():
+    from cse_pose.pipeline import inlier_threshold_m
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(500, 3)) * 0.03 / np.sqrt(3)  # RMS radius ~3 cm
+    large = small * 5.0  # ~15 cm
+    assert inlier_threshold_m(small, 0.01, 0.14) == 0.01
+    assert inlier_threshold_m(large, 0.01, 0.14) == pytest.approx(0.14 * 0.15, rel=0.1)
+    assert inlier_threshold_m(large + 3.0, 0.01, 0.14) == pytest.approx(inlier_threshold_m(large, 0.01, 0.14))
+    assert inlier_threshold_m(large, 0.01, 0.0) == 0.01  # 0 = fixed
+    with pytest.raises(InvalidInputError):
+        PipelineParams(ransac_threshold_rel=-0.1)

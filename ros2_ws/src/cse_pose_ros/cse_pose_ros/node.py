@@ -182,7 +182,8 @@ class PoseNode(Node):
     def _pipeline_params(self, p: NodeParams) -> PipelineParams:
         return PipelineParams(
             min_depth_m=p.min_depth_m, max_depth_m=p.max_depth_m, confidence_floor=p.confidence_floor,
-            enlarge=p.enlarge, ransac_threshold_m=p.ransac_threshold_m, ransac_max_hypotheses=p.ransac_iterations,
+            enlarge=p.enlarge, ransac_threshold_m=p.ransac_threshold_m, ransac_threshold_rel=p.ransac_threshold_rel,
+            ransac_max_hypotheses=p.ransac_iterations,
             min_correspondences=p.min_correspondences, min_inliers=p.min_inliers, min_quality=p.min_quality,
             seed=None if p.ransac_seed < 0 else p.ransac_seed, depth_sampling=p.depth_sampling,
             refine=p.refine and self._open3d_ok, refine_max_distance_m=p.refine_max_distance_m,

@@ -103,6 +103,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ransac_threshold_m", 0.01,
               "RANSAC inlier threshold: distance (m) between a lifted depth point and its transformed "
               "canonical match.", low=0.0005, high=0.5),
+    ParamSpec("ransac_threshold_rel", 0.14,
+              "The inlier threshold grows with the object: max(ransac_threshold_m, ransac_threshold_rel x the RMS "
+              "distance of the instance's depth points from their centroid); 0 = fixed. 0.14 leaves objects up "
+              "to ~7 cm RMS radius (mug, can, camera, bowl) at 1 cm and gives a laptop ~2 cm.", low=0.0, high=1.0),
     ParamSpec("ransac_iterations", 1000, "Upper bound on RANSAC minimal-sample hypotheses per instance "
               "(it stops earlier once confident).", low=1, high=100000),
     ParamSpec("ransac_seed", 0, "RANSAC random seed; -1 = nondeterministic.", low=-1, high=2147483647),
@@ -179,6 +183,7 @@ class NodeParams:
     confidence_floor: float
     min_correspondences: int
     ransac_threshold_m: float
+    ransac_threshold_rel: float
     ransac_iterations: int
     ransac_seed: int
     min_inliers: int
