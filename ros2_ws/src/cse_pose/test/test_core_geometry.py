@@ -69,6 +69,21 @@ def test_decode_depth_units_and_invalid_values():
         camera.decode_depth(mm, "32FC1")
 
 
+@pytest.mark.parametrize("min_m, max_m", [(0.1, 10.0), (0.0, 10.0), (0.5, 3.0), (0.3, 0.301), (0.25, 65.535)])
+def test_decode_depth_millimetres_keep_exactly_the_samples_in_range(min_m, max_m):
+    """The uint16 path (scaling + in-place thresholds) keeps a sample iff min <= z <= max and z > 0, with z the
+    float32 metres, at the range's ends too."""
+    rng = np.random.default_rng(3)
+    mm = rng.integers(0, 65536, (48, 64)).astype(np.uint16)
+    ends = [0, 1, 100, 250, 299, 300, 301, 302, 500, 3000, 3001, 9999, 10000, 10001, 65535]
+    mm[0, : len(ends)] = ends
+    z = mm.astype(np.float32) * np.float32(0.001)
+    keep = (z >= min_m) & (z <= max_m) & (z > 0)
+    d = camera.decode_depth(mm, "16UC1", min_depth_m=min_m, max_depth_m=max_m)
+    assert d.dtype == np.float32
+    np.testing.assert_array_equal(d, np.where(keep, z, np.float32(0)))
+
+
 def test_backproject_inverts_project():
     rng = np.random.default_rng(0)
     pts = np.c_[rng.uniform(-0.3, 0.3, (50, 2)), rng.uniform(0.3, 2.0, 50)]
