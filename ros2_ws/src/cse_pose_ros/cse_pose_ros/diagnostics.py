@@ -48,6 +48,8 @@ class FrameStats:
         self._latency: dict[str, deque[float]] = {s: deque(maxlen=self.window) for s in STAGES}
         self._done_at: deque[float] = deque(maxlen=self.window)
         self.last_reason = ""
+        #: the per-stage timings (ms) of the last processed frame
+        self.last_ms: dict[str, float] = {}
 
     def frame_received(self) -> None:
         """A synchronised frame entered the callback."""
@@ -69,6 +71,7 @@ class FrameStats:
         """A frame went through the pipeline; ``timings_ms`` per stage, ``poses`` trusted poses published."""
         self.processed += 1
         self.poses_published += int(poses)
+        self.last_ms = dict(timings_ms)
         for stage, ms in timings_ms.items():
             if stage not in self._latency:
                 self._latency[stage] = deque(maxlen=self.window)

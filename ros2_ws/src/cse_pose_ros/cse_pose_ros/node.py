@@ -32,7 +32,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +48,7 @@ from cse_pose.core.camera import Rectifier, decode_depth, distortion_coefficient
 from cse_pose.core.errors import PoseError
 from cse_pose.core.rotation import quaternion_from_matrix
 from cse_pose.display import DisplayMeshes, draw_instances, neutral_vertices
-from cse_pose.inference import ModelError, find_models, load_model
+from cse_pose.inference import InferenceBackend, ModelError, find_models, load_model
 from cse_pose.instances import instance_classes
 from cse_pose.pipeline import PipelineParams, PosePipeline
 from cse_pose.sync import (
@@ -121,10 +121,16 @@ class _FrameRejected(Exception):
 # the node
 # ---------------------------------------------------------------------------------------------------
 class PoseNode(Node):
-    """The pose node (see the module docstring). ``kwargs`` go to ``rclpy.node.Node``."""
+    """The pose node (see the module docstring). ``kwargs`` go to ``rclpy.node.Node``.
 
-    def __init__(self, **kwargs) -> None:
+    ``models``: {category: loaded ``InferenceBackend``} served instead of the model files that ``model_dir`` /
+    ``model_paths`` name (for benchmarks and tests that wrap a backend; ``category`` / ``class_map`` still
+    choose among them). None (the default): load the files.
+    """
+
+    def __init__(self, *, models: Mapping[str, InferenceBackend] | None = None, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._preloaded = None if models is None else dict(models)
         self._p: NodeParams = declare_parameters(self)
         self._log_bridge = forward_python_logging("cse_pose", self.get_logger(), self._p.log_throttle_s)
         self._stats = diag.FrameStats(self._p.stats_window)
@@ -212,15 +218,19 @@ class PoseNode(Node):
         """Load every needed model once; on failure log one clear error and return ({}, error text)."""
         try:
             explicit = self._p.model_path_list()
-            if explicit:
-                found: dict[str, object] = {}
+            found: dict[str, InferenceBackend] | None = None
+            if self._preloaded is not None:
+                found, source = self._preloaded, "(preloaded models)"
+            elif explicit:
+                found, source = {}, ",".join(explicit)
                 for path in explicit:
                     model = load_model(path, self._p.backend, intra_op_threads=self._p.intra_op_threads)
                     found[model.info.category] = model
+            if found is not None:
                 wanted = self._wanted_categories(list(found))
                 missing = [c for c in wanted if c not in found]
                 if missing:
-                    raise ModelError(",".join(explicit), f"no model for category {', '.join(missing)}")
+                    raise ModelError(source, f"no model for category {', '.join(missing)}")
                 models = {c: found[c] for c in wanted}
             else:
                 paths = find_models(self._model_dir())
