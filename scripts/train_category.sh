@@ -11,8 +11,9 @@
 #                                instead of from scratch: how the longer-trained cards were made
 #   LR (5e-4, or 2.5e-4 with INIT), SEED (0, or 1 with INIT), VERSION (the export's version string)
 #   RESUME=1                     continue an interrupted run from <out>/pretrain/last.pt (same STEPS)
-#   OMP_NUM_THREADS=1            one intra-op thread: degrades gently when another job shares the cores
-#                                (2 threads fall to ~0.7 images/s beside a busy process, 1 keeps ~8)
+#   THREADS (1)                  torch intra-op threads (`train --threads`): 1 degrades gently when another
+#                                job shares the cores (2 fell to ~0.7 images/s beside a busy process, 1 kept ~8);
+#                                0 = one per core, faster on an otherwise idle machine
 # Copy the ONNX into models/ yourself after `make eval` says it is better than what ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ fi
 "$PY" -m cse_train train --category "$CATEGORY" --data "data/train/$CATEGORY" --out-dir "$OUT/pretrain" \
     --model small --steps "$STEPS" --lr "$LR" --videos-per-batch 2 --frames-per-video 4 --supervision synthetic-gt \
     --disable texture rotation_cycle cross_cycle symmetry laplacian --seed "$SEED" --no-progress \
-    --checkpoint-every 250 "${START[@]}"
+    --checkpoint-every 250 --threads "${THREADS:-1}" "${START[@]}"
 "$PY" -m cse_train export --checkpoint "$OUT/pretrain/last.pt" --out-dir "$OUT/export" --fp16-weights --no-torchscript \
     --version "$VERSION" \
     --training-data "synthetic RGB-D videos (cse_train.data.synthetic, $CATEGORY, train split: 48 videos x 20-30 frames, 320x240), synthetic-GT pre-training, $STEPS steps x 8 images${INIT:+ continued from $INIT}, small config"

@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-jitter", dest="no_jitter", action="store_true")
     t.add_argument("--disable", nargs="*", choices=LOSS_NAMES, help="loss terms to skip")
     t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads on CPU (0 = one per core); 1 degrades gently beside other jobs")
     t.add_argument("--device", default="auto")
     t.add_argument("--sync-bn", dest="sync_bn", action="store_true")
     t.add_argument("--ddp-videos", dest="ddp_videos", default="shard", choices=("shard", "shared"))

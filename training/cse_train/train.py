@@ -107,6 +107,12 @@ class TrainConfig:
         jitter: colour jitter (brightness/contrast/saturation 0.2, hue 0.05) as augmentation.
         disable: loss names (``weights.LOSS_NAMES``) to skip entirely.
         workers: DataLoader worker processes.
+        threads: torch intra-op threads on the CPU (``torch.set_num_threads``); 0 = torch's default (one per
+            core). Default 1, so that a long run degrades gently when other processes share the cores: every
+            parallel operator waits for its slowest thread, and a thread that another process preempts stalls
+            them all. On the 2-core machine two threads fell to 0.2-0.7 images/s beside one busy process,
+            where one thread kept 6-8; on a quiet machine two threads are faster (camera: 14.5 images/s
+            against 6.7-8.4 with one), hence ``--threads 0`` there.
         device: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:<i>``.
         sync_bn: SyncBatchNorm under DDP on GPUs.
         ddp_videos: under DDP, ``shard`` (each rank its own videos, DistributedSampler-style) or ``shared``
@@ -141,6 +147,7 @@ class TrainConfig:
     jitter: bool = True
     disable: tuple[str, ...] = ()
     workers: int = 0
+    threads: int = 1
     device: str = "auto"
     sync_bn: bool = False
     ddp_videos: str = "shard"
@@ -652,7 +659,19 @@ class _Logger:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) one training run; see the module docstring. Returns :class:`TrainResult`."""
+    """Run (or resume) one training run; see the module docstring. Returns :class:`TrainResult`.
+
+    On the CPU, torch's intra-op threads are ``cfg.threads`` for the run and restored after it."""
+    threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(int(cfg.threads))  # only matters on the CPU
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: TrainConfig) -> TrainResult:
     t_start = time.perf_counter()
     # -- processes and devices ----------------------------------------------------------------------------
     distributed, rank, world, local_rank = _ddp_env()

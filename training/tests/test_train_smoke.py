@@ -97,6 +97,27 @@ def test_synthetic_gt_pretraining_then_self_fine_tuning(tiny_data: Path, tmp_pat
                    model_overrides={**TINY, "grid_size": 8}))
 
 
+def test_the_run_uses_its_thread_count_and_restores_the_callers(tiny_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``threads`` (default 1: a long CPU run degrades gently beside other jobs) holds during the run only."""
+    import cse_train.train as train_module
+
+    seen: list[int] = []
+    real_run = train_module._run
+    monkeypatch.setattr(train_module, "_run", lambda cfg: (seen.append(torch.get_num_threads()), real_run(cfg))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert TrainConfig().threads == 1
+        train(_cfg(tiny_data, tmp_path / "t1", steps=1, supervision="synthetic-gt", checkpoint_every=100))
+        assert torch.get_num_threads() == 2
+        train(_cfg(tiny_data, tmp_path / "t0", steps=1, supervision="synthetic-gt", checkpoint_every=100,
+                   threads=0))
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
     from cse_train.data.wild6d import Wild6DDataset
 
