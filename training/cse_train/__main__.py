@@ -163,7 +163,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         videos_per_batch=args.videos_per_batch, frames_per_video=args.frames_per_video,
         render_size=args.render_size or None, disable=tuple(args.disable or ()), holdout=args.holdout,
         eval_frames=args.eval_frames, fp16_weights=not args.fp32_weights, seed=args.seed, device=args.device,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, cross_instance=args.cross_instance,
     )
     try:
         adapt(cfg)
@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--supervision", default="self", choices=("self", "synthetic-gt"))
     t.add_argument("--dino-weights", dest="dino_weights")
+    t.add_argument("--cross-instance", dest="cross_instance", default="auto",
+                   choices=("auto", "dino", "features", "off"),
+                   help="cross-instance cycle matcher: auto (DINO with --dino-weights, else skipped), dino, "
+                        "features (the network's own image features; no weights needed), off")
     t.add_argument("--backbone-weights", dest="backbone_weights")
     t.add_argument("--init-checkpoint", dest="init_checkpoint")
     t.add_argument("--resume", nargs="?", const="auto", help="checkpoint path, or no value for <out-dir>/last.pt")
@@ -457,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
     a.add_argument("--workers", type=int, default=0)
+    a.add_argument("--cross-instance", dest="cross_instance", default="auto", choices=("auto", "features", "off"),
+                   help="cross-instance cycle: auto/off = skipped (adapt takes no DINO weights), features = on the "
+                        "network's own image features")
     a.add_argument("--no-progress", dest="no_progress", action="store_true")
     a.set_defaults(func=_cmd_adapt)
     return p

@@ -389,8 +389,10 @@ class AdaptConfig:
         data: your videos: the from-bag ``--out`` root (``<data>/<category>``) or a category root.
         out: everything goes here (default ``out/adapt/<category>``): ``init.pt`` (the rebuilt model),
             ``split/`` (links), ``run/`` (training), ``<category>.onnx`` (the adapted model), ``adapt.json``.
-        steps, lr, videos_per_batch, frames_per_video, render_size, disable, seed, device, workers: training
-            (:class:`cse_train.train.TrainConfig`; self-supervised losses only, ``supervision='self'``).
+        steps, lr, videos_per_batch, frames_per_video, render_size, disable, seed, device, workers,
+            cross_instance: training (:class:`cse_train.train.TrainConfig`; self-supervised losses only,
+            ``supervision='self'``; ``cross_instance='features'`` runs the cross-instance cycle on the
+            network's own features, no DINO weights needed).
         holdout: fraction of each video's frames (its end) held out for the before/after figures.
         eval_frames: at most this many held-out frames are evaluated (None: all).
         fp16_weights: store the adapted ONNX weights as float16 like the shipped files.
@@ -416,6 +418,7 @@ class AdaptConfig:
     progress: bool = True
     matcher_grid: int = 32
     matcher_k: int = 200
+    cross_instance: str = "auto"
 
 
 @dataclass
@@ -495,7 +498,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         frames_per_video=cfg.frames_per_video, lr=cfg.lr, supervision="self", init_checkpoint=str(init),
         checkpoint_every=max(cfg.steps, 1), log_every=max(1, min(10, cfg.steps)), render_size=cfg.render_size,
         disable=tuple(cfg.disable), workers=cfg.workers, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
-        tensorboard=False, matcher_grid=cfg.matcher_grid, matcher_k=cfg.matcher_k,
+        tensorboard=False, matcher_grid=cfg.matcher_grid, matcher_k=cfg.matcher_k, cross_instance=cfg.cross_instance,
     )
     result = train(tcfg)
     onnx_path = export_from_checkpoint(

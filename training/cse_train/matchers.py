@@ -17,9 +17,15 @@ Implementations:
   Farnebäck dense optical flow forward and backward, forward-backward cycle check, the ``k`` most
   cycle-consistent target cells on both masks.
 
-**Cross-instance pairs have no weight-free matcher**: optical flow does not relate two different objects.
-Without DINO (weights or ``timm`` missing) the cross-instance cycle term is skipped: :func:`build_matchers`
-returns ``cross_instance=None`` to say so, and the train loop drops that term (cross-time still runs).
+- :class:`FeatureMatcher`: weight-free **cross-instance** matcher from the CSE network's *own* image features
+  (detached; the reference's selection, :func:`select_cycle_consistent`). Ours, a deviation from the
+  reference: its DINO features are fixed and were learned on ImageNet, ours are the ones being trained (the
+  cycle check keeps only mutually consistent pairs, but a feature the network gets wrong on both instances
+  can still be selected). For users without the DINO weights; opt in with ``train --cross-instance features``.
+
+Optical flow does not relate two different objects. Without DINO (weights or ``timm`` missing) and without
+``features``, the cross-instance cycle term is skipped: :func:`build_matchers` returns ``cross_instance=None``
+to say so, and the train loop drops that term (cross-time still runs).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from torch import Tensor
 from .losses import downsample_mask, ndc_cell_centers
 
 __all__ = [
+    "CROSS_INSTANCE_CHOICES",
     "DinoMatcher",
+    "FeatureMatcher",
     "FlowMatcher",
     "Matcher",
     "MatcherSet",
@@ -47,6 +55,8 @@ __all__ = [
 ]
 
 _FAR = 1e5  # cycle distance given to cells that cannot be selected (reference value)
+#: ``build_matchers(cross_instance=...)`` values.
+CROSS_INSTANCE_CHOICES: tuple[str, ...] = ("auto", "dino", "features", "off")
 
 
 class MatcherUnavailableError(RuntimeError):
@@ -54,9 +64,12 @@ class MatcherUnavailableError(RuntimeError):
 
 
 class Matcher(ABC):
-    """2-D (src, tgt) matcher; ``supports_cross_instance``: whether pairs of different objects are valid."""
+    """2-D (src, tgt) matcher; ``supports_cross_instance``: whether pairs of different objects are valid;
+    ``uses_model_features``: it matches the network's own image features (:meth:`FeatureMatcher.match_features`,
+    which the train loop calls instead of :meth:`match`)."""
 
     supports_cross_instance: bool = False
+    uses_model_features: bool = False
 
     @abstractmethod
     def match(
@@ -330,6 +343,50 @@ class FlowMatcher(Matcher):
         return torch.stack(cells).to(dev), torch.stack(xys).to(dev), torch.stack(valids).to(dev)
 
 
+class FeatureMatcher(Matcher):
+    """Cross-instance matcher on the CSE network's own image features (ours; see the module docstring).
+
+    Per pair: cosine similarity of the detached, unit-normalised per-cell image features (resampled bilinearly
+    to the matcher grid when the network's grid differs), then the reference's mutual-nearest-neighbour cycle
+    selection of the ``k`` most consistent target cells (:func:`select_cycle_consistent`).
+    """
+
+    supports_cross_instance = True
+    uses_model_features = True
+
+    def match(self, src_rgb, tgt_rgb, src_mask, tgt_mask, k=200, grid=32):
+        raise TypeError("FeatureMatcher matches the network's own features: call match_features(f_src, f_tgt, ...)")
+
+    @torch.no_grad()
+    def match_features(
+        self, f_src: Tensor, f_tgt: Tensor, src_mask: Tensor, tgt_mask: Tensor, k: int = 200, grid: int = 32
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Like :meth:`Matcher.match`, from features instead of crops.
+
+        Args:
+            f_src, f_tgt: [B,C,G,G] image features of the source and target crops (any scale; normalised here).
+            src_mask, tgt_mask: [B,1,S,S] object masks of the crops.
+            k, grid: as :meth:`Matcher.match`.
+        """
+        if f_src.dim() != 4 or f_src.shape != f_tgt.shape:
+            raise ValueError(f"features must both be [B,C,G,G], got {tuple(f_src.shape)}, {tuple(f_tgt.shape)}")
+        b = f_src.shape[0]
+        if src_mask.shape[0] != b or tgt_mask.shape != src_mask.shape:
+            raise ValueError(f"masks must be [B,1,S,S] for B={b}, got {tuple(src_mask.shape)}, {tuple(tgt_mask.shape)}")
+        if not 0 < k <= grid * grid:
+            raise ValueError(f"k must be in [1, grid*grid={grid * grid}], got {k}")
+        feats = []
+        for f in (f_src, f_tgt):
+            f = f.detach().float()
+            if f.shape[-1] != grid:
+                f = F.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)
+            feats.append(F.normalize(f.flatten(2), dim=1))  # [B,C,p]
+        sim = torch.einsum("bcs,bct->bst", feats[0], feats[1])
+        m_src = downsample_mask(src_mask, grid).reshape(b, -1).to(sim.device)
+        m_tgt = downsample_mask(tgt_mask, grid).reshape(b, -1).to(sim.device)
+        return select_cycle_consistent(sim, m_src, m_tgt, k, grid)
+
+
 @dataclass(frozen=True)
 class MatcherSet:
     """Matchers for the two pair kinds; ``cross_instance`` is None when that loss term must be skipped."""
@@ -338,14 +395,23 @@ class MatcherSet:
     cross_instance: Matcher | None
 
 
-def build_matchers(dino_weights_path: str | os.PathLike[str] | None = None, device: str = "cpu") -> MatcherSet:
-    """DINO for both pair kinds when a weights path is given (the reference), else Flow + no cross-instance.
+def build_matchers(dino_weights_path: str | os.PathLike[str] | None = None, device: str = "cpu",
+                   cross_instance: str = "auto") -> MatcherSet:
+    """The cross-time and cross-instance matchers.
+
+    Cross-time: DINO when a weights path is given (the reference), else Farnebäck flow. Cross-instance
+    (``cross_instance``): ``auto`` = DINO when a weights path is given, else none (the term is skipped);
+    ``dino`` = DINO (needs the weights path); ``features`` = :class:`FeatureMatcher`; ``off`` = none.
 
     Raises:
-        MatcherUnavailableError: a DINO weights path was given but ``timm`` or the file is missing (an
-            explicit request is not silently downgraded).
+        MatcherUnavailableError: DINO was asked for (a weights path, or ``dino``) but ``timm`` or the file is
+            missing (an explicit request is not silently downgraded).
+        ValueError: unknown ``cross_instance``.
     """
-    if dino_weights_path is not None:
-        dino = DinoMatcher(dino_weights_path, device=device)
-        return MatcherSet(cross_time=dino, cross_instance=dino)
-    return MatcherSet(cross_time=FlowMatcher(), cross_instance=None)
+    if cross_instance not in CROSS_INSTANCE_CHOICES:
+        raise ValueError(f"cross_instance must be one of {CROSS_INSTANCE_CHOICES}, got {cross_instance!r}")
+    if cross_instance == "dino" and dino_weights_path is None:
+        raise MatcherUnavailableError("cross_instance 'dino' needs the DINO ViT-S/8 weights file (--dino-weights)")
+    dino = DinoMatcher(dino_weights_path, device=device) if dino_weights_path is not None else None
+    instance: Matcher | None = {"auto": dino, "dino": dino, "features": FeatureMatcher(), "off": None}[cross_instance]
+    return MatcherSet(cross_time=dino if dino is not None else FlowMatcher(), cross_instance=instance)

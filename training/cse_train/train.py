@@ -94,7 +94,11 @@ class TrainConfig:
         supervision: ``self`` (default, no ground truth read) or ``synthetic-gt`` (adds
             ``synthetic_gt_correspondence_loss``; needs ground-truth poses in the data).
         dino_weights: DINO ViT-S/8 weights file: DINO for cross-time and cross-instance pairs; without it
-            cross-time pairs use Farneback flow and the cross-instance term is skipped.
+            cross-time pairs use Farneback flow and the cross-instance term is skipped (unless
+            ``cross_instance`` is ``features``).
+        cross_instance: matcher of the cross-instance cycle (``matchers.build_matchers``): ``auto`` (DINO when
+            ``dino_weights`` is given, else skipped), ``dino``, ``features`` (the network's own image features,
+            ``matchers.FeatureMatcher``; a deviation from the reference for users without DINO) or ``off``.
         backbone_weights: optional torchvision-style ResNet-18 state dict for the trunk.
         init_checkpoint: start from this checkpoint's weights (fine-tuning; optimiser starts fresh).
         resume: ``None``, ``'auto'`` (``out_dir/last.pt`` if present) or a checkpoint path: continue that run
@@ -135,6 +139,7 @@ class TrainConfig:
     lr: float = 1e-4
     supervision: str = "self"
     dino_weights: str | None = None
+    cross_instance: str = "auto"
     backbone_weights: str | None = None
     init_checkpoint: str | None = None
     resume: str | None = None
@@ -500,7 +505,8 @@ class LossModule(nn.Module):
         return total, terms
 
     def _cross_cycle(self, rgb: Tensor, mask: Tensor, out: Any, visibility: Tensor) -> Tensor:
-        """Cross-time (roll along frames) and, with DINO, cross-instance (roll along videos) cycle terms."""
+        """Cross-time (roll along frames) and, with a cross-instance matcher, cross-instance (roll along videos)
+        cycle terms."""
         b = rgb.shape[0]
         f = self.frames_per_video
         v = b // f
@@ -519,7 +525,11 @@ class LossModule(nn.Module):
         k = min(self.matcher_k, grid * grid)
         total = rgb.new_zeros(())
         for matcher, src in pairs:
-            cells, src_xy, valid = matcher.match(rgb[src], rgb, mask[src], mask, k=k, grid=grid)
+            if matcher.uses_model_features:
+                cells, src_xy, valid = matcher.match_features(out.img_feat[src], out.img_feat, mask[src], mask, k=k,
+                                                              grid=grid)
+            else:
+                cells, src_xy, valid = matcher.match(rgb[src], rgb, mask[src], mask, k=k, grid=grid)
             total = total + L.cross_cycle_loss(
                 sim[src], sim, mask_grid[src], mask_grid, visibility[src], visibility, cells, src_xy, valid,
                 tau=self.model.cfg.tau,
@@ -740,7 +750,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     )
 
     # -- losses (+ DDP wrapper) -------------------------------------------------------------------------------
-    matchers = build_matchers(cfg.dino_weights, device=str(device))
+    matchers = build_matchers(cfg.dino_weights, device=str(device), cross_instance=cfg.cross_instance)
     symmetry_samples = cfg.symmetry_samples or (10000 if device.type == "cuda" else 1000)
     loss_module = LossModule(
         model, cfg.render_size or mcfg.crop_size, symmetry_samples, matchers.cross_time, matchers.cross_instance,
@@ -755,8 +765,10 @@ def _run(cfg: TrainConfig) -> TrainResult:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(cfg.disable),  # a disabled term can leave e.g. the pose head unused
         )
-    if master and matchers.cross_instance is None:
-        print("cross-instance cycle: skipped (no DINO weights); cross-time cycle: Farneback flow")
+    if master:
+        instance = ("skipped (no DINO weights; --cross-instance features matches the network's own features)"
+                    if matchers.cross_instance is None else type(matchers.cross_instance).__name__)
+        print(f"cross-instance cycle: {instance}; cross-time cycle: {type(matchers.cross_time).__name__}")
 
     # -- loop ---------------------------------------------------------------------------------------------------
     logger = _Logger(out_dir, master, cfg.tensorboard, append=resume_path is not None)

@@ -150,3 +150,38 @@ def test_dino_matcher_recovers_translation():
     expected = L.ndc_cell_centers(GRID)[cells[0]] - torch.tensor([dx, dy]) / (S / 2)
     err = (xy[0] - expected).abs().max(-1).values
     assert valid.sum() > 100 and (err[valid[0]] < 2.0 / GRID).float().mean() > 0.8
+
+
+def test_feature_matcher_on_shifted_features_and_its_options():
+    # The network's own features, target = source moved down one cell (at a coarser grid than the matcher's,
+    # resampled): the selected pairs point one cell up, as with DINO keys.
+    g, c, s = 16, 32, 64
+    torch.manual_seed(1)
+    f_src = torch.randn(2, c, g, g) * 3.0  # any scale: normalised inside
+    f_tgt = torch.roll(f_src, 1, dims=2)
+    m_src = torch.zeros(2, 1, s, s)
+    m_src[..., 8:48, 12:52] = 1
+    m_tgt = torch.roll(m_src, s // g, dims=2)
+    matcher = M.FeatureMatcher()
+    assert matcher.supports_cross_instance and matcher.uses_model_features
+    cells, xy, valid = matcher.match_features(f_src, f_tgt, m_src, m_tgt, k=60, grid=g)
+    assert cells.shape == (2, 60) and valid.all()
+    torch.testing.assert_close(xy, L.ndc_cell_centers(g)[cells - g])
+    with pytest.raises(TypeError, match="match_features"):
+        matcher.match(torch.zeros(1, 3, s, s), torch.zeros(1, 3, s, s), m_src[:1], m_tgt[:1])
+    with pytest.raises(ValueError):
+        matcher.match_features(f_src, f_tgt[:1], m_src, m_tgt)
+    # options: features without weights; dino without weights refused; off; unknown refused
+    ms = M.build_matchers(None, cross_instance="features")
+    assert isinstance(ms.cross_instance, M.FeatureMatcher) and isinstance(ms.cross_time, M.FlowMatcher)
+    assert M.build_matchers(None, cross_instance="off").cross_instance is None
+    with pytest.raises(M.MatcherUnavailableError, match="dino"):
+        M.build_matchers(None, cross_instance="dino")
+    with pytest.raises(ValueError):
+        M.build_matchers(None, cross_instance="clip")
+    from cse_train.__main__ import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    choices = {name: next(a.choices for a in commands[name]._actions if a.dest == "cross_instance")
+               for name in ("train", "adapt")}
+    assert tuple(choices["train"]) == M.CROSS_INSTANCE_CHOICES and set(choices["adapt"]) < set(choices["train"])

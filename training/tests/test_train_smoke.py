@@ -118,6 +118,26 @@ def test_the_run_uses_its_thread_count_and_restores_the_callers(tiny_data: Path,
         torch.set_num_threads(before)
 
 
+def test_cross_instance_cycle_from_the_networks_own_features(tiny_data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cross_instance='features'``: without DINO weights the cross-instance cycle runs on the network's own
+    image features (pairs of different videos of the batch), and the term is finite and non-zero."""
+    from cse_train import matchers as M
+
+    calls: list[tuple[int, ...]] = []
+    real = M.FeatureMatcher.match_features
+
+    def spy(self, f_src, f_tgt, *args, **kw):  # noqa: ANN001, ANN202
+        calls.append(tuple(f_src.shape))
+        return real(self, f_src, f_tgt, *args, **kw)
+
+    monkeypatch.setattr(M.FeatureMatcher, "match_features", spy)
+    result = train(_cfg(tiny_data, tmp_path / "fi", steps=2, cross_instance="features", checkpoint_every=100,
+                        disable=("texture", "rotation_cycle", "symmetry", "laplacian")))
+    assert len(calls) == 2 and calls[0][0] == 4  # one call per step, 2 videos x 2 frames
+    assert all(math.isfinite(h["cross_cycle"]) and h["cross_cycle"] > 0 for h in result.history)
+
+
 def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
     from cse_train.data.wild6d import Wild6DDataset
 
