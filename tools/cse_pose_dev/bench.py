@@ -847,8 +847,9 @@ def int8_model(
         if not path.is_file():
             raise SystemExit(f"bench: --int8 {requested}: no such file")
         return path, f"{path} (given)"
+    from cse_pose.inference import int8_path
     from cse_train.export import read_onnx_metadata
-    from cse_train.quantize import calibration_batches, int8_path, quantize_model
+    from cse_train.quantize import calibration_batches, quantize_model
 
     beside = int8_path(models_dir / f"{category}.onnx")
     if beside.is_file():
@@ -898,6 +899,7 @@ def ort_options(backend: str) -> tuple[str, dict[str, Any]]:
     return kind, {
         "intra_op_threads": int(spec("intra_op_threads").default) if threads is None else threads,
         "allow_spinning": OnnxOptions().allow_spinning if spinning is None else spinning,
+        "precision": str(spec("precision").default),  # the INT8 file on the CPU when it ships
     }
 
 
@@ -980,7 +982,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif kind == "cpu":
                 threads = ort_kw["intra_op_threads"]
                 labels_info.append(
-                    f"{label}: onnxruntime {onnxruntime.__version__} CPU EP, intra-op threads "
+                    f"{label}: {Path(info.path).name} (precision '{ort_kw['precision']}'), onnxruntime "
+                    f"{onnxruntime.__version__} CPU EP, intra-op threads "
                     f"{threads if threads else f'0 (one per core, {os.cpu_count()} here)'}"
                     + (f", idle threads spin: {ort_kw['allow_spinning']}" if threads != 1 else "")
                 )
@@ -1055,8 +1058,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if int8_path_ is not None:
                 rows.append((NET_INT8, int8_path_))
             for label, path in rows:
-                method = NodeMethod(label, load_model(path, kind, **ort_kw), ros, args.category,
-                                    args.mesh_max_faces)
+                model = load_model(path, kind, **dict(ort_kw, precision="float"))  # exactly this file
+                method = NodeMethod(label, model, ros, args.category, args.mesh_max_faces)
                 method.scenes = net_scenes
                 methods.append(method)
                 net_labels.append(label)

@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def choose_model(model_dir: Path, category: str) -> tuple[str, Path] | str:
     """(category, model path), or an explanation of why there is none."""
-    found = sorted(model_dir.glob("*.onnx")) if model_dir.is_dir() else []
-    by_cat = {p.stem: p for p in found}
+    from cse_pose.inference import find_models  # <category>.onnx files; their .int8 versions are no category
+
+    by_cat = find_models(model_dir) if model_dir.is_dir() else {}
     if category:
         if category in by_cat:
             return category, by_cat[category]

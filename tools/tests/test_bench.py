@@ -281,10 +281,11 @@ def test_backend_rows_use_the_node_defaults(bench):
 
     assert set(bench.AUTO_BACKENDS) <= set(bench.BACKENDS)
     kind, kw = bench.ort_options("ort-cpu")  # the node as it runs by default
-    assert kind == "cpu" and kw == {"intra_op_threads": spec("intra_op_threads").default, "allow_spinning": False}
+    assert kind == "cpu" and kw == {"intra_op_threads": spec("intra_op_threads").default, "allow_spinning": False,
+                                    "precision": spec("precision").default}
     assert bench.ort_options("ort-cpu-1t")[1]["intra_op_threads"] == 1
-    assert bench.ort_options("ort-cpu-2t")[1] == {"intra_op_threads": 2, "allow_spinning": True}
-    assert bench.ort_options("ort-cpu-2t-nospin")[1] == {"intra_op_threads": 2, "allow_spinning": False}
+    assert bench.ort_options("ort-cpu-2t")[1] == dict(kw, intra_op_threads=2, allow_spinning=True)
+    assert bench.ort_options("ort-cpu-2t-nospin")[1] == dict(kw, intra_op_threads=2, allow_spinning=False)
 
 
 def test_crop_planes_out_buffer_and_input_dtype_do_not_change_the_result():

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cse_pose.core.metrics import METRIC_NAMES
+from cse_pose.inference import find_models, int8_path
 
 from .evaluate import (
     HANDLE_GROUPS,
@@ -69,6 +70,20 @@ BASELINE_LABELS: dict[str, str] = {
 }
 #: Targets of the models issue on the held-out split (fractions).
 TARGET_IOU50, TARGET_10DEG5CM = 0.60, 0.50
+
+
+def int8_line(reports: Sequence[EvalReport], int8: EvalReport, name: str) -> str:
+    """One line comparing the INT8 file's pipeline row with the float file's (10°5cm over every frame and of the
+    published poses, published share) and the rule for running it by default on the CPU."""
+    from .quantize import MAX_DROP_POINTS
+
+    ours = next(r for r in reports if r.mode == "pipeline")
+    drop = 100 * (ours.summary["10deg5cm"] - int8.summary["10deg5cm"])
+    return (f"INT8 `{name}` (what the node runs on the CPU): 10°5cm {100 * int8.summary['10deg5cm']:.1f} % "
+            f"(float {100 * ours.summary['10deg5cm']:.1f}, drop {drop:.1f} points; rule <= {MAX_DROP_POINTS:.0f}), "
+            f"published {100 * int8.summary['published']:.1f} % (float {100 * ours.summary['published']:.1f}), "
+            f"published and within 10°5cm {100 * int8.published['10deg5cm']:.1f} % "
+            f"(float {100 * ours.published['10deg5cm']:.1f})")
 
 
 def ensure_test_split(root: str | Path, category: str, spec: dict[str, Any] | None = None, workers: int = 2) -> Path:
@@ -186,7 +201,7 @@ def evaluate_shipped(
     lit_data_root: str | Path = "data/eval_lit",
     lit_spec: dict[str, Any] | None = None,
 ) -> dict[str, list[EvalReport]]:
-    """Evaluate every ``<models_dir>/*.onnx`` (or those of ``categories``) on each of ``splits``
+    """Evaluate every ``<models_dir>/<category>.onnx`` (or those of ``categories``) on each of ``splits``
     (:data:`EVAL_SPLITS`); print tables; write JSON and ``<out_dir>/summary.md``. Returns
     ``<category>`` (synthetic split) or ``<category>/<split>`` (other splits) -> reports (in ``baselines`` order).
 
@@ -200,7 +215,7 @@ def evaluate_shipped(
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(EVAL_SPLITS)}")
     t_start = time.perf_counter()
-    paths = sorted(Path(models_dir).glob("*.onnx"))
+    paths = sorted(find_models(models_dir).values()) if Path(models_dir).is_dir() else []  # float files only
     if categories is not None:
         paths = [p for p in paths if p.stem in set(categories)]
     if not paths:
@@ -261,7 +276,18 @@ def evaluate_shipped(
                 print(handle_line(reports))
                 print(format_handle_table(ours))
                 md += ["", handle_line(reports), "", markdown_handle_table(ours)]
-            results[category if name == "synthetic" else f"{category}/{name}"] = reports
+            key = category if name == "synthetic" else f"{category}/{name}"
+            results[key] = reports
+            q = int8_path(path)
+            if q.is_file():  # the file the node runs on the CPU by default: its own row
+                int8 = run_evaluation(q, split_dirs[name, path], category=category, baselines=["pipeline"],
+                                      json_path=split_out / f"{category}.int8.json", progress=progress,
+                                      print_table=False)
+                line = int8_line(reports, int8[0], q.name)
+                print(format_table(int8))
+                print(line)
+                md += ["", line]
+                results[f"{key}/int8"] = int8
     total = time.perf_counter() - t_start
     md.append(f"\ntotal {total / 60:.1f} min")
     (out / "summary.md").write_text("\n".join(md) + "\n")

@@ -12,12 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
 
+from cse_pose.inference import int8_path  # noqa: E402
 from cse_train.quantize import (  # noqa: E402
     MAX_DROP_POINTS,
     float_models,
     format_comparison,
     fp32_weights,
-    int8_path,
     quantize_model,
 )
 

@@ -12,12 +12,15 @@ onnx = pytest.importorskip("onnx", reason="onnx is needed to write test models")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the model runtime")
 
 from cse_pose.inference import (  # noqa: E402
+    PRECISIONS,
     ModelError,
     auto_candidates,
     find_models,
+    int8_path,
     load_model,
     load_models,
     metadata_props,
+    model_file,
     parse_metadata,
 )
 from cse_pose_dev.oracle import DEFAULT_EXTENTS, box_mesh, write_oracle_model  # noqa: E402
@@ -241,6 +244,31 @@ def test_find_and_load_models(tmp_path):
         load_models(tmp_path, ["can"], backend="cpu")
     with pytest.raises(ModelError, match="does not exist"):
         find_models(tmp_path / "missing")
+
+
+def test_precision_picks_the_int8_file_on_the_cpu_only(tmp_path):
+    """``<category>.int8.onnx`` is no category of its own; ``auto`` runs it on the CPU provider when it exists,
+    GPU backends the float file; ``float`` always the float file; ``int8`` that file or a clear error."""
+    from cse_pose_ros.params import PRECISIONS as NODE_PRECISIONS
+
+    assert NODE_PRECISIONS == PRECISIONS
+    src = write_oracle_model(tmp_path / "mug.onnx", category="mug")
+    q = tmp_path / "mug.int8.onnx"
+    assert int8_path(src) == q and int8_path(q) == q
+    assert model_file(src, "auto", "cpu") == src  # no INT8 file yet
+    with pytest.raises(ModelError, match="does not exist"):
+        model_file(src, "int8", "cpu")
+    with pytest.raises(ModelError, match="precision"):
+        load_model(src, backend="cpu", precision="fp8")
+    q.write_bytes(src.read_bytes())  # a stand-in: same graph under the INT8 name
+    assert find_models(tmp_path) == {"mug": src}
+    assert model_file(src, "auto", "cpu") == q and model_file(src, "float", "cpu") == src
+    assert model_file(src, "auto", "cuda") == src and model_file(src, "auto", "tensorrt") == src
+    assert model_file(src, "int8", "tensorrt") == q
+    assert Path(load_model(src, backend="cpu", precision="auto").info.path) == q
+    assert Path(load_model(src, backend="cpu").info.path) == src  # default: the file named
+    if auto_candidates() == ["cpu"]:  # backend auto resolves to the CPU here: the INT8 file
+        assert Path(load_model(src, backend="auto", precision="auto").info.path) == q
 
 
 def test_metadata_props_round_trip(oracle):

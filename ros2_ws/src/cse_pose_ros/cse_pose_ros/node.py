@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -181,7 +182,7 @@ class PoseNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(self._p.diagnostics_period_s,
                                              lambda: self._worker.call_soon(self._publish_diagnostics))
-        served = ", ".join(f"{c} ({m.name})" for c, m in self._models.items()) or "nothing"
+        served = ", ".join(f"{c} ({m.name}, {Path(m.info.path).name})" for c, m in self._models.items()) or "nothing"
         self.get_logger().info(f"ready: serving {served}; inputs {', '.join(self._resolved_inputs())}")
 
     # -- start-up --------------------------------------------------------------------------------------
@@ -224,7 +225,8 @@ class PoseNode(Node):
             elif explicit:
                 found, source = {}, ",".join(explicit)
                 for path in explicit:
-                    model = load_model(path, self._p.backend, intra_op_threads=self._p.intra_op_threads)
+                    model = load_model(path, self._p.backend, intra_op_threads=self._p.intra_op_threads,
+                                       precision=self._p.precision)
                     found[model.info.category] = model
             if found is not None:
                 wanted = self._wanted_categories(list(found))
@@ -240,7 +242,8 @@ class PoseNode(Node):
                 missing = [c for c in wanted if c not in paths]
                 if missing:
                     raise ModelError(self._model_dir(), f"no model file for category {', '.join(missing)}")
-                models = {c: load_model(paths[c], self._p.backend, intra_op_threads=self._p.intra_op_threads)
+                models = {c: load_model(paths[c], self._p.backend, intra_op_threads=self._p.intra_op_threads,
+                                        precision=self._p.precision)
                           for c in wanted}
             for c, m in models.items():
                 if m.info.category != c:

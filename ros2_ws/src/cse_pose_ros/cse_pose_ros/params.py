@@ -22,6 +22,9 @@ from cse_pose.verify import VERIFIABLE_CATEGORIES
 
 BACKENDS = ("auto", "tensorrt", "cuda", "cpu", "torch")
 """Allowed values of the ``backend`` parameter (``auto`` picks the fastest available runtime)."""
+PRECISIONS = ("auto", "float", "int8")
+"""Allowed values of the ``precision`` parameter (``cse_pose.inference.PRECISIONS``, not imported here: that
+would load onnxruntime wherever the parameters are read, e.g. in launch files)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "(idle pool threads sleep instead of spinning). On the quiet 2-core machine one per core ran 5 "
               "objects in 58 ms vs 77 ms with 1 thread; with other processes busy on the cores 1 thread "
               "can be faster (make bench prints both).", low=0, high=256, read_only=True),
+    ParamSpec("precision", "auto",
+              "Which file of a model runs: auto (the static INT8 <category>.int8.onnx beside <category>.onnx "
+              "when onnxruntime's CPU provider runs it and the file exists; GPU backends run the float file), "
+              "float, or int8 (the INT8 file on any onnxruntime backend).", read_only=True, choices=PRECISIONS),
     # --- synchronisation -------------------------------------------------------------------------
     ParamSpec("sync_slop_s", 0.05,
               "Approximate-time synchroniser: largest stamp difference (s) between RGB, depth, mask and "
@@ -172,6 +179,7 @@ class NodeParams:
     class_map: str
     backend: str
     intra_op_threads: int
+    precision: str
     sync_slop_s: float
     sync_queue_size: int
     time_jump_threshold_s: float

@@ -7,7 +7,17 @@ TorchScript (optional, needs torch). Depends on ``core`` (errors) and onnxruntim
 """
 
 from .backend import InferenceBackend, ModelOutputs, check_inputs
-from .loader import BACKENDS, auto_candidates, find_models, load_model, load_models, warm_up
+from .loader import (
+    BACKENDS,
+    PRECISIONS,
+    auto_candidates,
+    find_models,
+    int8_path,
+    load_model,
+    load_models,
+    model_file,
+    warm_up,
+)
 from .model_info import (
     CONTRACT,
     INPUT_NAMES,
@@ -27,6 +37,7 @@ __all__ = [
     "CONTRACT",
     "INPUT_NAMES",
     "OUTPUT_NAMES",
+    "PRECISIONS",
     "REQUIRED_KEYS",
     "InferenceBackend",
     "ModelError",
@@ -40,9 +51,11 @@ __all__ = [
     "available_providers",
     "check_inputs",
     "find_models",
+    "int8_path",
     "load_model",
     "load_models",
     "metadata_props",
+    "model_file",
     "parse_metadata",
     "read_onnx_info",
     "torchscript_path",

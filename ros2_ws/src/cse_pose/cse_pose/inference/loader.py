@@ -18,6 +18,34 @@ LOG = logging.getLogger(__name__)
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "cuda", "cpu", "torch")
 #: Order in which ``auto`` tries onnxruntime providers.
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+#: Values accepted for ``precision`` (:func:`model_file`).
+PRECISIONS: tuple[str, ...] = ("auto", "float", "int8")
+#: Name part of a static INT8 file: ``<category>.int8.onnx`` beside ``<category>.onnx``.
+INT8_TAG = ".int8"
+
+
+def int8_path(path: str | Path) -> Path:
+    """``models/mug.onnx`` -> ``models/mug.int8.onnx``; a path that already names an INT8 file is returned as is."""
+    p = Path(path)
+    return p if p.stem.endswith(INT8_TAG) else p.with_name(f"{p.stem}{INT8_TAG}{p.suffix}")
+
+
+def model_file(path: str | Path, precision: str, backend: str) -> Path:
+    """The file that ``backend`` (a resolved onnxruntime backend: ``tensorrt``, ``cuda`` or ``cpu``) runs for the
+    float model ``path``: ``float`` = ``path``; ``int8`` = :func:`int8_path` (ModelError when missing);
+    ``auto`` = the INT8 file on the CPU when it exists, else ``path`` (the GPU backends run the float file:
+    TensorRT builds its own FP16 engine from it)."""
+    if precision not in PRECISIONS:
+        raise ModelError(path, f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    p, q = Path(path), int8_path(path)
+    if precision == "int8":
+        if not q.is_file():
+            raise ModelError(q, "precision 'int8' asks for this file, which does not exist "
+                                "(python -m cse_train.quantize makes it)")
+        return q
+    if precision == "auto" and backend == "cpu" and q.is_file():
+        return q
+    return p
 
 
 def auto_candidates(providers: list[str] | None = None) -> list[str]:
@@ -57,11 +85,15 @@ def load_model(
     io_binding: bool | None = None,
     trt_cache_dir: str | None = None,
     warmup: bool = True,
+    precision: str = "float",
 ) -> InferenceBackend:
     """Load one model file behind :class:`InferenceBackend`.
 
     Args:
         path: ``<category>.onnx`` (for ``backend="torch"`` the sibling ``<category>.pt`` is loaded).
+        precision: ``float`` (default): the file ``path``; ``auto``: its static INT8 sibling
+            ``<category>.int8.onnx`` when the CPU provider runs it and the file exists (the node's default);
+            ``int8``: that sibling on every onnxruntime backend (:func:`model_file`).
         backend: ``auto`` (TensorRT EP -> CUDA EP -> CPU EP, by ``get_available_providers()``),
             ``tensorrt``, ``cuda``, ``cpu`` or ``torch``.
         device_id: GPU index for the GPU backends.
@@ -83,10 +115,12 @@ def load_model(
         io_binding=io_binding,
         trt_cache_dir=trt_cache_dir,
     )
+    if precision not in PRECISIONS:
+        raise ModelError(path, f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if backend == "torch":
         model: InferenceBackend = open_torch(path, device_id)
     elif backend != "auto":
-        model = open_onnx(path, backend, device_id, options)
+        model = open_onnx(model_file(path, precision, backend), backend, device_id, options)
     else:
         candidates = auto_candidates()
         if not candidates:
@@ -94,7 +128,7 @@ def load_model(
         failures: list[str] = []
         for name in candidates:
             try:
-                model = open_onnx(path, name, device_id, options)
+                model = open_onnx(model_file(path, precision, name), name, device_id, options)
             except ProviderError as exc:
                 failures.append(f"{name}: {exc.problem}")
                 continue
@@ -123,11 +157,14 @@ def find_models(model_dir: str | Path, suffix: str = ".onnx") -> dict[str, Path]
 
     Raises:
         ModelError: the folder does not exist.
+
+    ``<category>.int8<suffix>`` files are not categories: they are the INT8 versions of the float files
+    (:func:`model_file`).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(model_dir, "model folder does not exist")
-    return {p.stem: p for p in sorted(model_dir.glob(f"*{suffix}")) if p.is_file()}
+    return {p.stem: p for p in sorted(model_dir.glob(f"*{suffix}")) if p.is_file() and "." not in p.stem}
 
 
 def load_models(
