@@ -13,7 +13,7 @@ SETUP_INPUTS := requirements.txt scripts/setup.sh ros2_ws/src/cse_pose/setup.py 
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint demo train adapt eval bench bench-gpu bench-solver train-smoke export clean
+.PHONY: setup test lint demo train adapt eval bench bench-gpu bench-solver train-smoke int8 export clean
 
 $(VENV)/.stamp: $(SETUP_INPUTS)
 	bash scripts/setup.sh
@@ -52,6 +52,9 @@ bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d R
 
 train-smoke: $(VENV)/.stamp  ## tiny synthetic set -> 250 CPU steps (small) -> export -> ONNX check -> eval (~5 min)
 	$(PY) -m cse_train smoke --out out/smoke
+
+int8: $(VENV)/.stamp  ## models/<category>.int8.onnx for every model (static INT8, ~1 min each): the node then runs them on the CPU (parameter precision); QUANT_ARGS=--evaluate compares them with the float files
+	$(PY) -m cse_train.quantize --models-dir models --out-dir models $(QUANT_ARGS)
 
 export: $(VENV)/.stamp  ## CKPT=<checkpoint> -> models/<category>.onnx + .pt
 	$(PY) -m cse_train export --checkpoint $(CKPT) --out-dir models
