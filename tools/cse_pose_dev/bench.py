@@ -461,8 +461,9 @@ class NodeMethod:
 
     @property
     def mesh_faces(self) -> int:
-        """Triangles of the mesh marker the node builds (its ``mesh_marker_max_faces``)."""
-        return len(self.node._meshes.faces(self.node._p.mesh_marker_max_faces))
+        """Triangles of the mesh marker the node builds for its category (its ``mesh_marker_max_faces``)."""
+        faces = self.node._meshes.faces(self.node._p.mesh_marker_max_faces)
+        return len(faces[self.node._category])
 
     def run(self, scene: Scene) -> dict[str, float]:
         """One frame through the node. Returns ms per stage of :data:`STAGES` and ``e2e``."""

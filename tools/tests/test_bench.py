@@ -323,6 +323,7 @@ def test_node_rows_run_the_nodes_own_frame_callback(bench, tmp_path):
             row = method.run(scene)
             assert method.node.stats.processed == 1 and method.node.stats.poses_published == 1
             assert method.node._pub_markers.get_subscription_count() == int(markers)
+            assert method.mesh_faces == len(model.info.faces)  # the oracle box, below the decimation limit
             assert row[bench.E2E] >= row["model"] > 0 and row["publish"] > 0 and row["decode"] > 0
     finally:
         for m in methods:
