@@ -40,8 +40,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "bottle": (6.0, 2.0),  # 1.9 / 0.68 | 14.4 / 47.5
     "bowl": (12.0, 2.0),  # 6.2 / 0.61 | 67.9 / 21.4
     "can": (6.0, 2.0),  # 2.0 / 0.49 | 35.2 / 25.9
-    "mug": (25.0, 2.0),  # 12.6 / 0.73 | 142.2 / 14.3
-    "camera": (15.0, 3.0),  # 7.1 / 1.26 | 102.6 / 14.2
+    "mug": (15.0, 1.0),  # 8.2 / 0.33 | 142.2 / 14.3
+    "camera": (10.0, 2.5),  # 5.5 / 1.24 | 102.6 / 14.2
     "laptop": (18.0, 6.0),  # 9.1 / 3.61 | 154.4 / 36.5 (a sub-millimetre change of the pairs can move one
     #                         frame of this 35 cm box by 2 cm at its 25-43 % inlier ratio)
 }
