@@ -91,9 +91,6 @@ def load_model(
 
     Args:
         path: ``<category>.onnx`` (for ``backend="torch"`` the sibling ``<category>.pt`` is loaded).
-        precision: ``float`` (default): the file ``path``; ``auto``: its static INT8 sibling
-            ``<category>.int8.onnx`` when the CPU provider runs it and the file exists (the node's default);
-            ``int8``: that sibling on every onnxruntime backend (:func:`model_file`).
         backend: ``auto`` (TensorRT EP -> CUDA EP -> CPU EP, by ``get_available_providers()``),
             ``tensorrt``, ``cuda``, ``cpu`` or ``torch``.
         device_id: GPU index for the GPU backends.
@@ -102,6 +99,9 @@ def load_model(
         fp16, max_batch, trt_cache_dir: TensorRT engine precision, profile batch and cache root.
         io_binding: reuse pre-allocated output buffers via IOBinding (default: off, see ``OnnxOptions``).
         warmup: run once on zeros so engine builds and shape errors happen at load, not on the first frame.
+        precision: ``float`` (default): the file ``path``; ``auto``: its static INT8 sibling
+            ``<category>.int8.onnx`` when the CPU provider runs it and the file exists (the node's default);
+            ``int8``: that sibling on every onnxruntime backend (:func:`model_file`).
     Raises:
         ModelError: message names the file and what is wrong.
     """
