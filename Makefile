@@ -53,7 +53,7 @@ bench-solver: $(VENV)/.stamp  ## our RANSAC-Umeyama vs plain Umeyama vs open3d R
 train-smoke: $(VENV)/.stamp  ## tiny synthetic set -> 250 CPU steps (small) -> export -> ONNX check -> eval (~5 min)
 	$(PY) -m cse_train smoke --out out/smoke
 
-int8: $(VENV)/.stamp  ## models/<category>.int8.onnx for every model (static INT8, ~1 min each): the node then runs them on the CPU (parameter precision); QUANT_ARGS=--evaluate compares them with the float files
+int8: $(VENV)/.stamp  ## models/<category>.int8.onnx for every model (static INT8, ~20 s each here): the node then runs them on the CPU (parameter precision); QUANT_ARGS=--evaluate compares them with the float files
 	$(PY) -m cse_train.quantize --models-dir models --out-dir models $(QUANT_ARGS)
 
 export: $(VENV)/.stamp  ## CKPT=<checkpoint> -> models/<category>.onnx + .pt

@@ -766,8 +766,12 @@ def _run(cfg: TrainConfig) -> TrainResult:
             find_unused_parameters=bool(cfg.disable),  # a disabled term can leave e.g. the pose head unused
         )
     if master:
-        instance = ("skipped (no DINO weights; --cross-instance features matches the network's own features)"
-                    if matchers.cross_instance is None else type(matchers.cross_instance).__name__)
+        if matchers.cross_instance is not None:
+            instance = type(matchers.cross_instance).__name__
+        elif cfg.cross_instance == "off":
+            instance = "off"
+        else:
+            instance = "skipped (no DINO weights; --cross-instance features matches the network's own features)"
         print(f"cross-instance cycle: {instance}; cross-time cycle: {type(matchers.cross_time).__name__}")
 
     # -- loop ---------------------------------------------------------------------------------------------------
