@@ -15,11 +15,12 @@ errors by handle visibility and side, and the target check of the models issue.
 
 Second split (``splits`` containing ``"lit"``; ``make eval`` evaluates both): :data:`TEST_SPLIT_LIT`, the same
 scenes (same generation arguments, hence the same shapes, cameras, clutter, masks, depth and ground truth)
-rendered by a different renderer than training's, open3d's lit offscreen renderer with shadows and specular
-highlights, in texture families training never uses (:mod:`cse_train.data.lit`); generated once under
+rendered by a different renderer than training's (pybullet's TinyRenderer by default, with its own lighting,
+specular highlights and shadow map; open3d's lit offscreen renderer with ``renderer="open3d"``), in texture
+families training never uses (:mod:`cse_train.data.lit`); generated once under
 ``<lit_data_root>/<category>``; its tables are printed and written (``<out>/lit/<category>.json``, a
 ``lit split`` section of ``summary.md``) under the split's name. It measures how much of the accuracy
-survives a change of renderer. Where open3d's renderer cannot run, the split is skipped with the reason.
+survives a change of renderer. Where the renderer cannot run, the split is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ __all__ = ["BASELINE_LABELS", "EVAL_SPLITS", "TEST_SPLIT", "TEST_SPLIT_LIT", "en
 TEST_SPLIT: dict[str, Any] = {"split": "test", "videos": 20, "frames": [12, 12], "width": 640, "height": 480,
                               "seed": 7, "gt": 2}
 #: Generation arguments of the lit split (``cse_train.data.lit.generate_lit``): the synthetic split's scenes
-#: (same seed) through open3d's lit renderer with the ``lit.LIT_FAMILIES`` textures; ``frame_timeout_s``:
-#: the stall watchdog's limit per frame (a frame stalling twice is skipped).
-TEST_SPLIT_LIT: dict[str, Any] = dict(TEST_SPLIT, renderer="open3d_lit/1", frame_timeout_s=60.0)
+#: (same seed) through ``renderer`` (a key of ``lit.LIT_RENDERERS``) with the ``lit.LIT_FAMILIES`` textures;
+#: ``frame_timeout_s``: the stall watchdog's limit per frame (a frame stalling twice is skipped).
+TEST_SPLIT_LIT: dict[str, Any] = dict(TEST_SPLIT, renderer="tiny", frame_timeout_s=60.0)
 #: Split name -> what it is (printed with its tables).
 EVAL_SPLITS: dict[str, str] = {
     "synthetic": "held-out synthetic test split (training's renderer, unseen shapes and textures)",
-    "lit": "lit split (same scenes, open3d lit renderer with shadows, texture families never used in training)",
+    "lit": "lit split (same scenes, another renderer with its own lighting and shadows, texture families never used "
+           "in training)",
 }
 #: Evaluation modes in table order, with the label the cards use.
 BASELINE_LABELS: dict[str, str] = {
@@ -118,7 +120,7 @@ def ensure_lit_split(root: str | Path, category: str, spec: dict[str, Any] | Non
             return cat_dir
     stats = generate_lit(root, category, spec["videos"], frames=tuple(spec["frames"]), width=spec["width"],
                          height=spec["height"], seed=spec["seed"], split=spec["split"], workers=workers,
-                         frame_timeout_s=spec["frame_timeout_s"], progress=False)
+                         frame_timeout_s=spec["frame_timeout_s"], progress=False, renderer=spec["renderer"])
     print(f"lit {category}: {stats.rendered}/{stats.frames} frames rendered in {stats.render_s:.0f} s, "
           f"{stats.retried} retried, {stats.skipped} skipped by the stall watchdog")
     stamp.write_text(json.dumps(dict(spec, skipped_frames=stats.skipped)))
@@ -237,7 +239,7 @@ def evaluate_shipped(
     if "lit" in active:
         from .data.lit import lit_renderer_available
 
-        ok, why = lit_renderer_available()
+        ok, why = lit_renderer_available(renderer=specs["lit"]["renderer"])
         if not ok:
             print(f"lit split skipped: {why}")
             md.append(f"lit split skipped: {why}\n")

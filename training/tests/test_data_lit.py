@@ -1,5 +1,6 @@
-"""Tests of the lit evaluation split (cse_train.data.lit): its stall watchdog, its texture families, and one
-tiny video through open3d's offscreen renderer (skipped with the reason where that renderer cannot run)."""
+"""Tests of the lit evaluation split (cse_train.data.lit): its stall watchdog, its texture families, the baked
+texture atlas, and one small video through each renderer (skipped with the reason where one cannot run:
+open3d's, without a GPU driver, often stalls)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import numpy as np
 import pytest
 
 from cse_train.data import wild6d_format as fmt
-from cse_train.data.lit import LIT_FAMILIES, WatchdogRenderer, lit_albedo, lit_renderer_available, write_lit_video
+from cse_train.data.lit import (
+    LIT_FAMILIES,
+    LIT_RENDERERS,
+    WatchdogRenderer,
+    _baked_mesh,
+    lit_albedo,
+    lit_renderer_available,
+    write_lit_video,
+)
 from cse_train.data.synthetic import TEXTURE_FAMILIES, render_frame, sample_scene
 
 
@@ -55,16 +64,40 @@ def test_lit_families_are_new_and_deterministic():
         np.testing.assert_array_equal(a, lit_albedo(dict(spec, seed=family_seed), p))
 
 
-@pytest.fixture(scope="module")
-def renderer_ok() -> None:
-    ok, why = lit_renderer_available(timeout_s=20.0)
+def _available(renderer: str) -> None:
+    ok, why = lit_renderer_available(timeout_s=20.0, renderer=renderer)
     if not ok:
-        pytest.skip(f"open3d's offscreen renderer is unavailable or stalled (busy CPU) here: {why}")
+        pytest.skip(f"the {renderer} renderer is unavailable or stalled (busy CPU) here: {why}")
 
 
-def test_one_lit_video_matches_the_synthetic_ground_truth(tmp_path: Path, renderer_ok: None):
+def test_baked_atlas_holds_the_texture_at_every_corner_and_keeps_box_edges_sharp():
+    box = sample_scene("mug", "test", 2)
+    spec = box.target_texture
+    # a unit cube's corner vertices are shared by faces at right angles: their smooth normals are diagonal
+    v = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.float64) * 0.1
+    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    smooth = (v - 0.05) / np.linalg.norm(v - 0.05, axis=1, keepdims=True)
+    corners, normals, uv, atlas = _baked_mesh(v, faces, smooth, spec, texels=5)
+    assert corners.shape == normals.shape == (36, 3) and uv.shape == (36, 2)
+    assert uv.min() > 0.0 and uv.max() < 1.0
+    np.testing.assert_allclose(corners.reshape(12, 3, 3), v[faces])
+    face_n = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+    face_n /= np.linalg.norm(face_n, axis=1, keepdims=True)
+    np.testing.assert_allclose(normals.reshape(12, 3, 3), np.repeat(face_n[:, None], 3, 1), atol=1e-9)
+    # the texel under each corner's UV (image rows counted from the top, v from the bottom) holds its albedo
+    size = atlas.shape[0]
+    cols = np.floor(uv[:, 0] * size).astype(int)
+    rows = np.floor((1.0 - uv[:, 1]) * size).astype(int)
+    expected = (lit_albedo(spec, corners) * 255.0 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(atlas[rows, cols], expected)
+
+
+@pytest.mark.parametrize("renderer", ["tiny", "open3d"])
+def test_one_lit_video_matches_the_synthetic_ground_truth(tmp_path: Path, renderer: str):
+    _available(renderer)
     scene = sample_scene("mug", "test", 5, (2, 2))
-    stats = write_lit_video(tmp_path, scene, "00000", "00", 160, 120, frame_timeout_s=90.0)
+    stats = write_lit_video(tmp_path, scene, "00000", "00", 160, 120, frame_timeout_s=90.0, renderer=renderer)
     seq = tmp_path / "mug" / "00000" / "00"
     doc = json.loads((seq / "scene.json").read_text())
     assert stats.frames == 2 and stats.rendered + stats.skipped == 2
@@ -81,3 +114,19 @@ def test_one_lit_video_matches_the_synthetic_ground_truth(tmp_path: Path, render
         lit = fmt.read_rgb(paths["rgb"]).astype(np.float32)
         assert lit.shape == (120, 160, 3) and lit.std() > 5.0
         assert np.abs(lit - ours.rgb.astype(np.float32)).mean() > 5.0  # a different image than training's
+    assert doc["renderer"] == LIT_RENDERERS[renderer][1]
+
+
+def test_generate_command_writes_a_lit_training_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`cse_train generate --renderer tiny`: the shifted domain's unlabeled train videos (the adaptation set)."""
+    from cse_train.__main__ import main
+
+    _available("tiny")
+    assert main(["generate", "--renderer", "tiny", "--split", "train", "--category", "camera", "--videos", "1",
+                 "--frames", "2", "--width", "80", "--height", "60", "--out", str(tmp_path)]) == 0
+    assert "2/2 frames rendered" in capsys.readouterr().out
+    seq = tmp_path / "camera" / "00000" / "00"
+    doc = json.loads((seq / "scene.json").read_text())
+    assert doc["scene"]["split"] == "train" and doc["renderer"] == LIT_RENDERERS["tiny"][1]
+    assert fmt.frame_indices(seq) == [0, 1]
+    assert (tmp_path / "camera_list_all.txt").is_file()

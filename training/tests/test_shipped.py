@@ -192,3 +192,28 @@ def test_markdown_handle_table():
         "| handle visible, right in the image"]
     assert lines[3].endswith("| 3 |")
     assert markdown_handle_table(EvalReport("pipeline", "bowl", s)) == ""
+
+
+def test_evaluate_shipped_scores_the_lit_split_with_its_renderer(tmp_path: Path):
+    """The lit split (default renderer: pybullet's TinyRenderer) is generated once and scored like the
+    synthetic one, with its own tables, JSON folder and stamp naming the renderer."""
+    from cse_train.data.lit import lit_renderer_available
+    from cse_train.shipped import TEST_SPLIT_LIT
+
+    ok, why = lit_renderer_available(timeout_s=30.0, renderer=TEST_SPLIT_LIT["renderer"])
+    if not ok:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    model = CSENet.from_category("can", get_config("small", **TINY))
+    models = tmp_path / "models"
+    export_model(save_checkpoint(tmp_path / "ckpt.pt", model), models, torchscript=False, fp16_weights=True)
+    spec = {"split": "test", "videos": 1, "frames": [2, 2], "width": 160, "height": 120, "seed": 3}
+    results = evaluate_shipped(models, tmp_path / "data", tmp_path / "out", spec=spec, workers=1,
+                               splits=["synthetic", "lit"], lit_data_root=tmp_path / "lit")
+    assert list(results) == ["can", "can/lit"]
+    assert all(r.summary["frames"] == 2 for r in results["can/lit"])
+    stamp = json.loads((tmp_path / "lit" / "can" / "split.json").read_text())
+    assert stamp["renderer"] == "tiny" and stamp["skipped_frames"] == 0 and stamp["frames"] == [2, 2]
+    assert json.loads((tmp_path / "out" / "lit" / "can.json").read_text())["category"] == "can"
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## can (lit split)" in summary and "## can (synthetic split)" in summary

@@ -1,12 +1,19 @@
-"""A second renderer for evaluation only: the synthetic scenes, lit and shaded by open3d's offscreen renderer.
+"""A second renderer for evaluation only: the synthetic scenes, lit and shaded by a different rasteriser.
 
 ``make eval`` scores every model on a second held-out split whose RGB comes from a different renderer than
-training's (``synthetic.render_frame``): open3d's physically based offscreen renderer (Filament; on machines
-without a GPU it runs on the CPU through Mesa's Vulkan driver with ``OPEN3D_CPU_RENDERING=true``), with a
-shadow-casting directional light, an ambient light, specular highlights from per-surface roughness and
-reflectance, and surface colours from texture families that training never uses (:data:`LIT_FAMILIES`:
-wood rings and marble veins, instead of ``synthetic.TEXTURE_FAMILIES``). It measures how much of the
-accuracy survives a change of renderer.
+training's (``synthetic.render_frame``). Two are available (:data:`LIT_RENDERERS`):
+
+- ``tiny`` (default): pybullet's TinyRenderer, a CPU rasteriser of its own (not ours) with ambient, diffuse and
+  specular lighting from the scene's light and a shadow map, surface colours baked into per-triangle texture
+  atlases and looked up nearest-texel (:class:`TinyLitRenderer`); ~0.2 s a 640x480 frame on one core.
+- ``open3d``: open3d's physically based offscreen renderer (Filament) with a shadow-casting sun, an ambient
+  light and per-surface roughness / reflectance (:class:`Open3DLitRenderer`). Without a GPU it runs through
+  Mesa's CPU Vulkan driver (``OPEN3D_CPU_RENDERING=true``), where our scenes took 7-44 s a frame and stalled
+  for minutes on most frames of a 2-core machine; use it where a GPU driver is present.
+
+Both colour surfaces with texture families that training never uses (:data:`LIT_FAMILIES`: wood rings and
+marble veins, instead of ``synthetic.TEXTURE_FAMILIES``). The split measures how much of the accuracy
+survives a change of renderer.
 
 Everything else is the synthetic split's: the scene is ``synthetic.sample_scene`` (shapes of the ``test``
 bands, same cameras, clutter and occlusions), and the instance mask, the noisy depth and the ground truth
@@ -15,7 +22,7 @@ RGB differs. The lit renderer's own z-buffer is compared with ours on every fram
 median absolute difference over pixels both render: it checks that the two renderers see the same geometry
 from the same camera).
 
-Robustness: open3d's CPU renderer can stall for minutes on a single frame under load, so every video is
+Robustness: a renderer can stall (open3d's CPU renderer, for minutes on a single frame), so every video is
 rendered by a fresh renderer in a child process (:class:`WatchdogRenderer`); a frame that takes longer than
 ``frame_timeout_s`` kills the child, is retried once by a fresh one, and is then skipped (not written; the
 count is returned and recorded), so generation always finishes.
@@ -29,10 +36,11 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +56,7 @@ from .synthetic import (
     _json_gt,
     _noise,
     _scene_bodies,
+    _vertex_normals,
     render_frame,
     sample_scene,
     video_seed,
@@ -56,9 +65,12 @@ from .synthetic import (
 
 __all__ = [
     "LIT_FAMILIES",
+    "LIT_RENDERERS",
     "LitStats",
     "Open3DLitRenderer",
+    "TinyLitRenderer",
     "WatchdogRenderer",
+    "check_lit_renderer",
     "generate_lit",
     "lit_albedo",
     "lit_renderer_available",
@@ -126,7 +138,7 @@ def lit_albedo(spec: Mapping[str, Any], p: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The open3d renderer (runs in a child process)
+# The open3d renderer (runs in a child process; see LIT_RENDERERS)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -222,6 +234,198 @@ class Open3DLitRenderer:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# pybullet's TinyRenderer (the default: a CPU rasteriser with its own lighting and shadow map)
+# ----------------------------------------------------------------------------------------------------------
+
+#: Texels per triangle side in the baked albedo atlases (objects / environment), and midpoint subdivisions of
+#: the environment's triangles before baking (a texel is then ~5 mm on the table).
+_TEXELS_OBJECT, _TEXELS_ENV, _SUBDIVIDE_ENV_TINY = 6, 8, 2
+#: Corners whose smooth normal is further than this from the face normal get the face normal (box edges).
+_CREASE_COS = float(np.cos(np.radians(40.0)))
+#: Near / far planes of the TinyRenderer projection (metres); the light sits this far from the table centre.
+_NEAR_M, _FAR_M, _LIGHT_DISTANCE_M = 0.02, 12.0, 1.5
+
+
+def _baked_mesh(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, texture: Mapping[str, Any],
+                texels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One mesh with its albedo baked into a per-triangle atlas (every triangle owns a ``texels`` square).
+
+    Corners are unshared (3 per face) so that every corner has its own UV; a corner keeps its smooth normal
+    unless that is more than 40 degrees from its face's (box edges stay sharp). The atlas texel at
+    (i, j) of a face's square holds the albedo at ``A + i/(t-1) (B - A) + j/(t-1) (C - A)``, which lies
+    outside the triangle for i + j > t - 1 (the procedural textures are defined everywhere).
+
+    Args:
+        vertices: (N, 3) body-frame vertices (metres; also the texture space); faces: (F, 3) indices;
+        normals: (N, 3) smooth body-frame normals; texture: the body's synthetic texture spec.
+    Returns:
+        corners (3F, 3) body frame, corner normals (3F, 3), UVs (3F, 2) in [0, 1], atlas (S, S, 3) uint8 RGB.
+    """
+    v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    face_n = np.cross(b - a, c - a)
+    face_n /= np.maximum(np.linalg.norm(face_n, axis=1, keepdims=True), 1e-12)
+    corner_n = np.asarray(normals, np.float64)[f]  # (F, 3, 3)
+    sharp = (corner_n * face_n[:, None]).sum(-1) < _CREASE_COS
+    corner_n[sharp] = np.broadcast_to(face_n[:, None], corner_n.shape)[sharp]
+    n_faces, t = len(f), int(texels)
+    cols = int(np.ceil(np.sqrt(n_faces)))
+    size = cols * t
+    col, row = np.arange(n_faces) % cols, np.arange(n_faces) // cols
+    # Texel sample points of every face's square, evaluated in one call.
+    s = np.arange(t) / (t - 1)
+    si, sj = np.meshgrid(s, s, indexing="xy")  # (t, t): si along the atlas' x, sj along its y
+    pts = a[:, None, None] + si[None, ..., None] * (b - a)[:, None, None] + sj[None, ..., None] * (c - a)[:, None, None]
+    albedo = lit_albedo(texture, pts.reshape(-1, 3)).reshape(n_faces, t, t, 3)
+    atlas = np.zeros((cols * t, cols * t, 3), np.float32)
+    atlas_view = atlas.reshape(cols, t, cols, t, 3).transpose(0, 2, 1, 3, 4)  # (row, col, y, x, 3)
+    atlas_view[row, col] = albedo
+    # UVs at the centres of the corner texels of the face's square (u along x; v counted from the image top).
+    x0, y0 = col * t + 0.5, row * t + 0.5
+    u = np.stack([x0, x0 + t - 1, x0], axis=1) / size
+    w = np.stack([y0, y0, y0 + t - 1], axis=1) / size
+    uv = np.stack([u, 1.0 - w], axis=-1).reshape(-1, 2)
+    return (np.stack([a, b, c], axis=1).reshape(-1, 3), corner_n.reshape(-1, 3), uv,
+            (np.clip(atlas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+
+
+def _import_quietly(module: str) -> Any:
+    """Import ``module`` with file descriptors 1 and 2 on /dev/null (pybullet prints its build date on import;
+    an import error still raises)."""
+    import importlib
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, null = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        return importlib.import_module(module)
+    finally:
+        for fd, old in zip((1, 2), saved, strict=True):
+            os.dup2(old, fd)
+            os.close(old)
+        os.close(null)
+
+
+class TinyLitRenderer:
+    """pybullet's ``ER_TINY_RENDERER`` of :class:`~cse_train.data.synthetic.SceneSpec` scenes: a CPU
+    rasteriser independent of ours, with its own Phong-style lighting (ambient, diffuse, specular from the
+    scene's light and each surface's specular strength) and a shadow map from the scene's light direction.
+    Surface colours are the :data:`LIT_FAMILIES` textures baked into a per-triangle atlas (:func:`_baked_mesh`,
+    nearest-texel lookup). About 0.1-0.2 s a 640x480 frame on one core. The room is drawn in a second pass
+    without shadows (a closed box around the light would otherwise shadow everything) and composited by depth.
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        pybullet = _import_quietly("pybullet")  # deferred: only the renderer's (child) process needs it
+
+        self._pb = pybullet
+        self.width, self.height = int(width), int(height)
+        self._client = pybullet.connect(pybullet.DIRECT)
+        self._tmp_dir = tempfile.TemporaryDirectory(prefix="cse_lit_")  # the baked atlases (PNG for pybullet)
+        self._tmp = Path(self._tmp_dir.name)
+        self._scene_key: str | None = None
+        self._room_body = -1
+        self._light: dict[str, Any] = {}
+
+    def _add_body(self, body: Any, texels: int, name: str) -> int:
+        pb, c = self._pb, self._client
+        corners, normals, uv, atlas = _baked_mesh(body.vertices, body.faces, body.normals, body.texture, texels)
+        png = self._tmp / f"{name}.png"
+        cv2.imwrite(str(png), atlas[..., ::-1])
+        spec = float(body.texture.get("specular", 0.1)) if body.raster_id < _ENV_ID else 0.05
+        shape = pb.createVisualShape(
+            pb.GEOM_MESH, vertices=(corners @ body.R_w.T + body.t_w).tolist(),
+            indices=np.arange(len(corners)).tolist(), normals=(normals @ body.R_w.T).tolist(), uvs=uv.tolist(),
+            rgbaColor=[1, 1, 1, 1], specularColor=[spec, spec, spec], physicsClientId=c)
+        uid = pb.createMultiBody(baseMass=0, baseVisualShapeIndex=shape, physicsClientId=c)
+        pb.changeVisualShape(uid, -1, textureUniqueId=pb.loadTexture(str(png), physicsClientId=c),
+                             physicsClientId=c)
+        return uid
+
+    def _build(self, scene: SceneSpec) -> None:
+        self._pb.resetSimulation(physicsClientId=self._client)
+        self._bodies, self._room_body = [], -1
+        for b in _scene_bodies(scene):
+            if b.raster_id >= _ENV_ID:  # large flat triangles: subdivide so that the atlas resolves the pattern
+                v, f = _subdivide(b.vertices, b.faces, _SUBDIVIDE_ENV_TINY)
+                b = replace(b, vertices=v, faces=f, normals=_vertex_normals(v, f))
+            uid = self._add_body(b, _TEXELS_ENV if b.raster_id >= _ENV_ID else _TEXELS_OBJECT, f"b{b.raster_id}")
+            if b.raster_id == _ENV_ID + 1:
+                self._room_body = uid
+            else:
+                self._bodies.append(uid)
+        light = scene.light
+        rng = np.random.default_rng([int(scene.seed) & 0xFFFFFFFF, 41])
+        self._light = {
+            "lightDirection": [float(x) for x in light["direction"]],  # towards the light
+            "lightColor": [float(x) / max(light["color"]) for x in light["color"]],
+            "lightDistance": _LIGHT_DISTANCE_M,
+            "lightAmbientCoeff": float(light["ambient"]),
+            "lightDiffuseCoeff": float(light["diffuse"]),
+            "lightSpecularCoeff": float(rng.uniform(0.3, 0.7)),
+        }
+        self._scene_key = json.dumps(scene.to_dict(), sort_keys=True)
+
+    def _pass(self, view: list[float], proj: list[float], shadow: bool) -> tuple[np.ndarray, np.ndarray]:
+        pb = self._pb
+        _, _, rgba, zbuf, _ = pb.getCameraImage(self.width, self.height, viewMatrix=view, projectionMatrix=proj,
+                                                renderer=pb.ER_TINY_RENDERER, shadow=int(shadow),
+                                                physicsClientId=self._client, **self._light)
+        rgb = np.reshape(np.asarray(rgba, np.uint8), (self.height, self.width, 4))[..., :3]
+        d = np.reshape(np.asarray(zbuf, np.float64), (self.height, self.width))
+        z = (_FAR_M * _NEAR_M / (_FAR_M - (_FAR_M - _NEAR_M) * d)).astype(np.float32)
+        z[d >= 1.0] = 0.0
+        return rgb, z
+
+    def _visible(self, uids: list[int], on: bool) -> None:
+        """Show or hide bodies (hidden ones are moved far below the scene, out of both passes' views)."""
+        for uid in uids:
+            self._pb.resetBasePositionAndOrientation(uid, [0.0, 0.0 if on else -1e3, 0.0], [0, 0, 0, 1],
+                                                     physicsClientId=self._client)
+
+    def render(self, scene: SceneSpec, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`FrameRenderer.render`: (H, W, 3) uint8 RGB and (H, W) float32 z-buffer (metres, 0 = none)."""
+        if self._scene_key != json.dumps(scene.to_dict(), sort_keys=True):
+            self._build(scene)
+        W, H = self.width, self.height
+        K = scene.intrinsics(W, H)
+        R_cw, t_cw = scene.camera_pose(frame_index)
+        T_cw = np.eye(4)
+        T_cw[:3, :3], T_cw[:3, 3] = R_cw, t_cw
+        view = np.diag([1.0, -1.0, -1.0, 1.0]) @ T_cw  # OpenCV camera -> OpenGL camera (y up, looking down -z)
+        # TinyRenderer's image rows sit one pixel off OpenCV's: with cy + 1 its z-buffer equals ours to 0.0 mm
+        # (median over a 160x120 frame), 3 mm without.
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2] + 1.0
+        n, f = _NEAR_M, _FAR_M
+        proj = np.array([[2 * fx / W, 0, 1 - 2 * cx / W, 0], [0, 2 * fy / H, 2 * cy / H - 1, 0],
+                         [0, 0, -(f + n) / (f - n), -2 * f * n / (f - n)], [0, 0, -1, 0]])
+        view_l, proj_l = view.T.reshape(-1).tolist(), proj.T.reshape(-1).tolist()  # column-major
+        self._visible([self._room_body], False)
+        rgb, z = self._pass(view_l, proj_l, shadow=True)
+        self._visible([self._room_body], True)
+        self._visible(self._bodies, False)
+        rgb_room, z_room = self._pass(view_l, proj_l, shadow=False)
+        self._visible(self._bodies, True)
+        room = (z == 0) | ((z_room > 0) & (z_room < z))
+        rgb = np.where(room[..., None], rgb_room, rgb)
+        z = np.where(room, z_room, z)
+        return np.ascontiguousarray(rgb), z.astype(np.float32)
+
+
+#: The lit split's renderers: name -> (class run in the watchdog's child, description written to scene.json).
+#: ``tiny`` is the default: open3d's Filament renderer on Mesa's CPU driver (no GPU) took 7-44 s a frame and
+#: stalled for minutes on most frames of our scenes on a 2-core machine; it stays available for machines with
+#: a GPU driver.
+LIT_RENDERERS: dict[str, tuple[Callable[[int, int], FrameRenderer], str]] = {
+    "tiny": (TinyLitRenderer, "pybullet TinyRenderer (diffuse + specular, shadow map, baked texture atlas)"),
+    "open3d": (Open3DLitRenderer, "open3d OffscreenRenderer (defaultLit, sun + ambient)"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Stall watchdog
 # ----------------------------------------------------------------------------------------------------------
 
@@ -273,7 +477,7 @@ class WatchdogRenderer:
     video (fresh renderer) and :meth:`close` it (or use it as a context manager).
     """
 
-    def __init__(self, width: int, height: int, factory: Callable[[int, int], FrameRenderer] = Open3DLitRenderer,
+    def __init__(self, width: int, height: int, factory: Callable[[int, int], FrameRenderer] = TinyLitRenderer,
                  frame_timeout_s: float = 60.0, start_timeout_s: float = 120.0, context: str = "spawn") -> None:
         self.width, self.height = int(width), int(height)
         self.factory = factory
@@ -381,9 +585,11 @@ def _sensor_rgb(scene: SceneSpec, frame_index: int, rgb: np.ndarray) -> np.ndarr
 
 def write_lit_video(out_dir: str | Path, scene: SceneSpec, object_dir: str, sequence_dir: str = "00",
                     width: int = 640, height: int = 480, fps: float = 30.0, frame_timeout_s: float = 60.0,
-                    factory: Callable[[int, int], FrameRenderer] = Open3DLitRenderer) -> LitStats:
+                    renderer: str = "tiny", factory: Callable[[int, int], FrameRenderer] | None = None) -> LitStats:
     """Render ``scene`` with a fresh :class:`WatchdogRenderer` and write it in Wild6D's layout (as
     ``synthetic.write_video``: same files, same ground truth; the RGB is the lit render's).
+
+    ``renderer`` names one of :data:`LIT_RENDERERS`; ``factory`` (tests) replaces its class.
 
     Skipped frames (both tries stalled or failed) are not written (the readers index frames by their mask
     files); the pkl annotation holds every frame. ``scene.json`` adds ``renderer``, ``skipped_frames`` and
@@ -397,7 +603,8 @@ def write_lit_video(out_dir: str | Path, scene: SceneSpec, object_dir: str, sequ
     K = scene.intrinsics(width, height)
     fmt.write_metadata(seq_dir, K, width, height, fps)
     frames_json, rotations, translations, sizes, skipped = [], [], [], [], []
-    with WatchdogRenderer(width, height, factory, frame_timeout_s) as renderer:
+    name = check_lit_renderer(renderer)
+    with WatchdogRenderer(width, height, factory or LIT_RENDERERS[name][0], frame_timeout_s) as watchdog:
         for i in range(scene.n_frames):
             fr = render_frame(scene, i, width, height)
             target = fr.gt[0]
@@ -405,7 +612,7 @@ def write_lit_video(out_dir: str | Path, scene: SceneSpec, object_dir: str, sequ
             translations.append(target["t"])
             sizes.append(target["size"])
             entry: dict[str, Any] = {"index": i, "instances": _json_gt(fr.gt)}
-            lit = renderer.render(scene, i)
+            lit = watchdog.render(scene, i)
             if lit is None:
                 skipped.append(i)
                 entry["skipped"] = True
@@ -417,8 +624,8 @@ def write_lit_video(out_dir: str | Path, scene: SceneSpec, object_dir: str, sequ
                 paths = fmt.write_frame(seq_dir, i, _sensor_rgb(scene, i, rgb), fr.instance_mask == 1, fr.depth_m)
                 cv2.imwrite(str(paths["instances"]), fr.instance_mask.astype(np.uint16))
             frames_json.append(entry)
-        stats = renderer.stats
-    scene_json = {"format": LIT_FORMAT, "renderer": "open3d OffscreenRenderer (defaultLit, sun + ambient)",
+        stats = watchdog.stats
+    scene_json = {"format": LIT_FORMAT, "renderer": LIT_RENDERERS[name][1],
                   "width": int(width), "height": int(height), "K": K.tolist(), "scene": scene.to_dict(),
                   "skipped_frames": skipped, "frames": frames_json}
     (seq_dir / "scene.json").write_text(json.dumps(scene_json))
@@ -429,20 +636,23 @@ def write_lit_video(out_dir: str | Path, scene: SceneSpec, object_dir: str, sequ
 
 def generate_lit(out_dir: str | Path, category: str, n_videos: int, frames: tuple[int, int] = (12, 12),
                  width: int = 640, height: int = 480, seed: int = 0, split: str = "test", workers: int = 1,
-                 frame_timeout_s: float = 60.0, progress: bool = True) -> LitStats:
+                 frame_timeout_s: float = 60.0, progress: bool = True, renderer: str = "tiny") -> LitStats:
     """Lit videos of ``category`` under ``<out_dir>/<category>/<i:05d>/00`` (as ``synthetic.generate``: video
     ``i`` is ``sample_scene(category, split, video_seed(seed, i), frames)``, so the same arguments give the
-    same scenes as the synthetic split, rendered differently). ``workers`` videos render at a time (threads,
-    each driving its own renderer process). Returns the summed :class:`LitStats`."""
+    same scenes as the synthetic split, rendered differently) by ``renderer`` (:data:`LIT_RENDERERS`).
+    ``workers`` videos render at a time (threads, each driving its own renderer process). Returns the summed
+    :class:`LitStats`."""
     from tqdm import tqdm
 
     check_category(category)
+    check_lit_renderer(renderer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def one(i: int) -> LitStats:
         scene = sample_scene(category, split, video_seed(seed, i), tuple(frames))
-        return write_lit_video(out_dir, scene, f"{i:05d}", "00", width, height, frame_timeout_s=frame_timeout_s)
+        return write_lit_video(out_dir, scene, f"{i:05d}", "00", width, height, frame_timeout_s=frame_timeout_s,
+                               renderer=renderer)
 
     total = LitStats()
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
@@ -453,20 +663,29 @@ def generate_lit(out_dir: str | Path, category: str, n_videos: int, frames: tupl
     return total
 
 
-def lit_renderer_available(timeout_s: float = 120.0) -> tuple[bool, str]:
-    """Whether open3d's offscreen renderer starts and renders here (tried in a child process, so a missing
-    driver or a hang cannot take this process down). Returns (ok, reason)."""
+def check_lit_renderer(name: str) -> str:
+    """``name`` if it is a key of :data:`LIT_RENDERERS`, else ValueError."""
+    if name not in LIT_RENDERERS:
+        raise ValueError(f"lit renderer must be one of {sorted(LIT_RENDERERS)}, got {name!r}")
+    return name
+
+
+def lit_renderer_available(timeout_s: float = 120.0, renderer: str = "tiny") -> tuple[bool, str]:
+    """Whether ``renderer`` (:data:`LIT_RENDERERS`) starts and renders here (tried in a child process, so a
+    missing driver or a hang cannot take this process down). Returns (ok, reason)."""
+    module = {"tiny": "pybullet", "open3d": "open3d"}[check_lit_renderer(renderer)]
     try:
-        import open3d  # noqa: F401
+        _import_quietly(module)
     except ImportError as exc:
-        return False, f"open3d is not installed ({exc})"
-    # (the bowl test scene 0 stalled the renderer on every try on an idle machine, where this one renders in ~10 s
-    # including the renderer's start: some scenes stall it, which is what the per-frame watchdog is for)
+        return False, f"{module} is not installed ({exc})"
+    # (with open3d on Mesa's CPU driver, some scenes stall the renderer for minutes on an idle 2-core machine,
+    # where this one renders in ~10 s including the renderer's start: what the per-frame watchdog is for)
     scene = sample_scene("mug", "test", 0, (1, 1))
-    with WatchdogRenderer(160, 120, Open3DLitRenderer, frame_timeout_s=timeout_s, start_timeout_s=timeout_s) as r:
+    factory, what = LIT_RENDERERS[renderer]
+    with WatchdogRenderer(160, 120, factory, frame_timeout_s=timeout_s, start_timeout_s=timeout_s) as r:
         out = r.render(scene, 0)
         errors = list(r.stats.errors)
     if out is None:
         why = "; ".join(errors) or f"no frame within {timeout_s:.0f} s"
-        return False, f"open3d's OffscreenRenderer did not render ({why})"
+        return False, f"{what} did not render ({why})"
     return True, "ok"
