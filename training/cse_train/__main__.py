@@ -175,6 +175,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         render_size=args.render_size or None, disable=tuple(args.disable or ()), holdout=args.holdout,
         eval_frames=args.eval_frames, fp16_weights=not args.fp32_weights, seed=args.seed, device=args.device,
         workers=args.workers, progress=not args.no_progress, cross_instance=args.cross_instance,
+        pseudo_labels=args.pseudo_labels,
     )
     try:
         adapt(cfg)
@@ -480,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cross-instance", dest="cross_instance", default="auto", choices=("auto", "features", "off"),
                    help="cross-instance cycle: auto/off = skipped (adapt takes no DINO weights), features = on the "
                         "network's own image features")
+    a.add_argument("--pseudo-labels", dest="pseudo_labels", action="store_true",
+                   help="self-training: the frames where the model's own pipeline gives a trusted pose, with that "
+                        "pose as the label (no ground truth read)")
     a.add_argument("--no-progress", dest="no_progress", action="store_true")
     a.set_defaults(func=_cmd_adapt)
     return p

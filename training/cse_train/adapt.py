@@ -29,6 +29,11 @@ export -> before/after on the held-out frames: the accuracy table (``cse_train.e
 have ground truth (our synthetic videos do), and in every case the GT-free yield of the node's pipeline
 (share of frames with a trusted pose, mean pose quality), the only figure a recorded bag allows. The adapted
 model is written under ``out``; copy it to ``models/`` yourself if the figures say it is better.
+
+``pseudo_labels`` (self-training, :func:`pseudo_label_tree`) trains instead on the frames where the starting
+model's own pipeline gives a trusted pose, labelled with that pose, with the shipped models' recipe
+(``supervision='synthetic-gt'`` on those labels). The self-supervised losses alone render with the pose head's
+pose, which the shipped models never learned (docs/adaptation.md: they lose the pose within a few hundred steps).
 """
 
 from __future__ import annotations
@@ -375,6 +380,58 @@ def pose_yield(model_path: str | Path, root: str | Path, category: str, max_fram
             "mean_quality": float(np.mean(qualities)) if qualities else 0.0}
 
 
+def pseudo_label_tree(model_path: str | Path, root: str | Path, out: str | Path, category: str
+                      ) -> tuple[Path, dict[str, int]]:
+    """Self-training labels: the node's pipeline on every frame of the category root ``root`` (its target mask
+    as the one instance); each frame with a trusted pose (``quality >= min_quality``, node defaults) gets that
+    pose as its label. Writes a Wild6D-layout tree of links at ``<out>/<category>`` holding the trusted frames
+    only, with pkl annotations of the labels (object -> camera R, box centre t in metres, full extents), which
+    ``supervision='synthetic-gt'`` training reads as its pose labels. No ground truth is read.
+
+    Returns:
+        The new category root and counts ``{"frames": ..., "trusted": ...}``.
+    """
+    from cse_pose.inference import load_model
+    from cse_pose.pipeline import PosePipeline
+
+    from .data.wild6d import Wild6DDataset
+
+    root = Path(root)
+    dst_root = Path(out) / category
+    shutil.rmtree(Path(out), ignore_errors=True)
+    ds = Wild6DDataset(root, split="train", category=category, return_gt=False)
+    pipeline = PosePipeline({category: load_model(model_path, "cpu")})
+    labels: dict[tuple[str, str], dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    counts = {"frames": 0, "trusted": 0}
+    for video, position in ds.index:
+        vid = ds.videos[video]
+        frame = ds.load_frame(video, position)
+        inst = pipeline.process(frame["rgb"], frame["depth_m"], frame["mask"].astype(np.uint8), {1: category},
+                                frame["K"]).instances[0]
+        counts["frames"] += 1
+        if inst.trusted and inst.pose is not None:
+            counts["trusted"] += 1
+            labels.setdefault((vid.object_dir, vid.sequence_dir), {})[int(vid.frames[position])] = (
+                inst.pose.R, inst.pose.t_m, inst.pose.size_m)
+    eye, zero = np.eye(3), np.zeros(3)
+    for (obj, seq), frames in labels.items():
+        src, dst = root / obj / seq, dst_root / obj / seq
+        (dst / "images").mkdir(parents=True)
+        for name in ("metadata", "scene.json"):
+            if (src / name).is_file():
+                (dst / name).symlink_to((src / name).resolve())
+        for i in frames:
+            for path in fmt.frame_paths(src, i).values():
+                if path.is_file():
+                    (dst / "images" / path.name).symlink_to(path.resolve())
+        ids = list(range(max(fmt.frame_indices(src)) + 1))  # annotations are indexed by frame number
+        poses = [frames.get(i, (eye, zero, zero)) for i in ids]  # frames without a label are not linked
+        K = fmt.read_metadata(src)["K"]
+        fmt.write_gt_pkl(fmt.pkl_path(dst_root.parent, category, obj, seq), category, obj, seq, ids,
+                         [p[0] for p in poses], [p[1] for p in poses], [p[2] for p in poses], K)
+    return dst_root, counts
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The adaptation run
 # ----------------------------------------------------------------------------------------------------------
@@ -393,6 +450,9 @@ class AdaptConfig:
             cross_instance: training (:class:`cse_train.train.TrainConfig`; self-supervised losses only,
             ``supervision='self'``; ``cross_instance='features'`` runs the cross-instance cycle on the
             network's own features, no DINO weights needed).
+        pseudo_labels: self-training: train on the frames where the starting model's own pipeline gives a
+            trusted pose, with that pose as the label (:func:`pseudo_label_tree`; ``supervision='synthetic-gt'``
+            on those labels, beside the self-supervised losses). No ground truth is read.
         holdout: fraction of each video's frames (its end) held out for the before/after figures.
         eval_frames: at most this many held-out frames are evaluated (None: all).
         fp16_weights: store the adapted ONNX weights as float16 like the shipped files.
@@ -419,6 +479,7 @@ class AdaptConfig:
     matcher_grid: int = 32
     matcher_k: int = 200
     cross_instance: str = "auto"
+    pseudo_labels: bool = False
 
 
 @dataclass
@@ -488,6 +549,13 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     train_root, holdout_root = split_holdout(data_root, out / "split", cfg.holdout)
     with_gt = holdout_root is not None and has_ground_truth(holdout_root)
     before = _measure(model_path, holdout_root, cfg.category, with_gt, cfg.eval_frames)
+    supervision, labels = "self", None
+    if cfg.pseudo_labels:
+        train_root, labels = pseudo_label_tree(model_path, train_root, out / "pseudo", cfg.category)
+        print(f"pseudo-labels: {labels['trusted']} of {labels['frames']} training frames have a trusted pose")
+        if labels["trusted"] == 0:
+            raise ValueError(f"{model_path} gives no trusted pose on the training frames: nothing to self-train on")
+        supervision = "synthetic-gt"
 
     preset = CONFIGS.get(model.cfg.name, CONFIGS["paper"])
     overrides = {f.name: getattr(model.cfg, f.name) for f in fields(ModelConfig)
@@ -495,7 +563,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     tcfg = TrainConfig(
         category=cfg.category, data=str(train_root), out_dir=str(out / "run"), model=preset.name,
         model_overrides=overrides, steps=cfg.steps, videos_per_batch=cfg.videos_per_batch,
-        frames_per_video=cfg.frames_per_video, lr=cfg.lr, supervision="self", init_checkpoint=str(init),
+        frames_per_video=cfg.frames_per_video, lr=cfg.lr, supervision=supervision, init_checkpoint=str(init),
         checkpoint_every=max(cfg.steps, 1), log_every=max(1, min(10, cfg.steps)), render_size=cfg.render_size,
         disable=tuple(cfg.disable), workers=cfg.workers, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
         tensorboard=False, matcher_grid=cfg.matcher_grid, matcher_k=cfg.matcher_k, cross_instance=cfg.cross_instance,
@@ -503,7 +571,8 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     result = train(tcfg)
     onnx_path = export_from_checkpoint(
         result.checkpoint, out / f"{cfg.category}.onnx", fp16_weights=cfg.fp16_weights,
-        training_data=f"{model_path.name} adapted on {cfg.data} (self-supervised, {cfg.steps} steps)",
+        training_data=f"{model_path.name} adapted on {cfg.data} (self-supervised"
+                      f"{', self-training on its own trusted poses' if cfg.pseudo_labels else ''}, {cfg.steps} steps)",
         version=f"{cfg.category}-adapted-{cfg.steps}",
     )
     after = _measure(onnx_path, holdout_root, cfg.category, with_gt, cfg.eval_frames)
@@ -511,7 +580,8 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     figures = {"model": str(model_path), "data": str(data_root), "onnx": str(onnx_path), "steps": cfg.steps,
                "train_s": result.wall_s, "images_per_s": result.images_per_s, "loss_fixed_first":
                result.first_avg_fixed, "loss_fixed_last": result.last_avg_fixed, "holdout": cfg.holdout,
-               "ground_truth": with_gt, "before": before, "after": after, "wall_s": time.perf_counter() - t0}
+               "ground_truth": with_gt, "pseudo_labels": labels, "disable": list(cfg.disable), "before": before,
+               "after": after, "wall_s": time.perf_counter() - t0}
     (out / "adapt.json").write_text(json.dumps(figures, indent=1, default=float))
     print(f"adapted {cfg.category}: {model_path} -> {onnx_path} ({cfg.steps} steps, {result.wall_s:.0f} s)")
     if before is None or after is None:

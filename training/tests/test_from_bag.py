@@ -348,3 +348,33 @@ def test_bag_to_adapted_model_to_the_node_pipeline(video: dict, tmp_path: Path) 
         out = pipeline.process(frame["rgb"], frame["depth_m"], frame["mask"].astype(np.uint8), {1: "mug"}, frame["K"])
         posed += out.instances[0].pose is not None
     assert posed >= len(ds) // 2, (posed, len(ds))
+
+
+def test_pseudo_labels_are_the_pipelines_own_trusted_poses(video: dict, tmp_path: Path) -> None:
+    """Self-training labels (adapt --pseudo-labels): only trusted frames are linked, each labelled with the
+    pipeline's pose in the ground truth's convention (read back through the training dataset)."""
+    from cse_pose.inference import load_model
+    from cse_pose.pipeline import PosePipeline
+    from cse_train.adapt import pseudo_label_tree
+
+    shipped = ROOT / "models" / "mug.onnx"
+    if not shipped.is_file():
+        pytest.skip(f"{shipped} not present")
+    root, counts = pseudo_label_tree(shipped, video["root"] / "mug", tmp_path / "pseudo", "mug")
+    assert counts["frames"] == N_FRAMES and 0 < counts["trusted"] <= N_FRAMES
+    labelled = Wild6DDataset(root, split="train", category="mug", return_gt=True)
+    assert len(labelled) == counts["trusted"]
+    pipeline = PosePipeline({"mug": load_model(shipped, "cpu")})
+    full = Wild6DDataset(video["root"] / "mug", split="test")
+    for j in range(len(labelled)):
+        item = labelled[j]
+        i = int(item["frame_index"])
+        frame = video["frames"][i]
+        inst = pipeline.process(frame["rgb"], frame["depth_m"], frame["mask"].astype(np.uint8), {1: "mug"},
+                                frame["K"]).instances[0]
+        assert inst.trusted
+        np.testing.assert_allclose(item["R"].numpy(), inst.pose.R, atol=1e-5)
+        np.testing.assert_allclose(item["t"].numpy(), inst.pose.t_m, atol=1e-5)
+        np.testing.assert_allclose(item["size"].numpy(), inst.pose.size_m, atol=1e-5)
+        # the same convention as the ground truth: the label's box centre is within 3 cm of the true one
+        assert np.linalg.norm(item["t"].numpy() - full[i]["t"].numpy()) < 0.03
