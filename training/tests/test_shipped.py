@@ -135,7 +135,7 @@ def test_evaluate_shipped_writes_tables_and_reuses_the_split(tmp_path: Path, cap
     assert [r.mode for r in results["bowl"]] == list(BASELINE_LABELS)
     assert all(r.summary["frames"] == 2 for r in results["bowl"])
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "## bowl" in summary and "targets: IoU50" in summary
+    assert "## bowl" in summary and "targets (" in summary and "IoU50" in summary
     assert summary.count("| (") >= 3 and "| ours (confidence filter + RANSAC) |" in summary
     assert "| ours (confidence filter + RANSAC), published poses only (untrusted = failure) |" in summary
     assert "| IoU75 |" in summary and "published %" in summary and "handle" not in summary
@@ -217,3 +217,20 @@ def test_evaluate_shipped_scores_the_lit_split_with_its_renderer(tmp_path: Path)
     assert json.loads((tmp_path / "out" / "lit" / "can.json").read_text())["category"] == "can"
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "## can (lit split)" in summary and "## can (synthetic split)" in summary
+
+
+def test_target_line_checks_every_acceptance_target():
+    from cse_train.evaluate import EvalReport
+    from cse_train.shipped import _target_line
+
+    base = {"IoU50": 0.95, "10deg5cm": 0.75, "5deg2cm": 0.45, "published": 0.85}
+    records = [{"rotation_deg": 5.0}] * 97 + [{"rotation_deg": 170.0}] * 3  # 3 % flips
+    ours = EvalReport("pipeline", "mug", dict(base), frames=records,
+                      published=dict(base, **{"10deg5cm": 0.72}))  # 0.72 / 0.85 = 85 % precision
+    plain = EvalReport("umeyama_all", "mug", dict(base, **{"10deg5cm": 0.75}))
+    line = _target_line([ours, plain])
+    assert line.startswith("targets (2 missed): IoU50 95.0 % (>= 80: met); 10°5cm 75.0 % (>= 70: met)")
+    assert "rotation > 90° 3.0 % (<= 2: MISSED)" in line and "published 85.0 % (>= 80: met)" in line
+    assert "published within 10°5cm 84.7 % (>= 90: MISSED)" in line and "75.0 vs 75.0 (met)" in line
+    # symmetric categories have no flip target
+    assert "rotation > 90°" not in _target_line([EvalReport("pipeline", "bowl", dict(base), frames=records)])
