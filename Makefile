@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 $(VENV)/.stamp: $(SETUP_INPUTS)
 	bash scripts/setup.sh
 
-setup: $(VENV)/.stamp  ## create .venv with ROS 2 wheels (PyPI + ROS_WHEELS), torch CPU, onnxruntime, open3d (idempotent)
+setup: $(VENV)/.stamp  ## create .venv with ROS 2 wheels (PyPI + ROS_WHEELS), torch CPU, onnxruntime, open3d, pybullet (idempotent)
 
 test: $(VENV)/.stamp  ## the whole pytest suite (ROS-free runtime, node over real DDS, training, dev tools)
 	$(PY) -m pytest -q ros2_ws/src/cse_pose/test ros2_ws/src/cse_pose_ros/test training/tests tools/tests

@@ -175,7 +175,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         render_size=args.render_size or None, disable=tuple(args.disable or ()), holdout=args.holdout,
         eval_frames=args.eval_frames, fp16_weights=not args.fp32_weights, seed=args.seed, device=args.device,
         workers=args.workers, progress=not args.no_progress, cross_instance=args.cross_instance,
-        pseudo_labels=args.pseudo_labels,
+        pseudo_labels=args.pseudo_labels, pose_gt=args.pose_gt,
     )
     try:
         adapt(cfg)
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--frames-per-video", dest="frames_per_video", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--supervision", default="self", choices=("self", "synthetic-gt"))
+    t.add_argument("--pose-gt", dest="pose_gt", type=float, default=0.0,
+                   help="weight of the pose-head term under synthetic-gt supervision (0 = off)")
     t.add_argument("--dino-weights", dest="dino_weights")
     t.add_argument("--cross-instance", dest="cross_instance", default="auto",
                    choices=("auto", "dino", "features", "off"),
@@ -484,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--pseudo-labels", dest="pseudo_labels", action="store_true",
                    help="self-training: the frames where the model's own pipeline gives a trusted pose, with that "
                         "pose as the label (no ground truth read)")
+    a.add_argument("--pose-gt", dest="pose_gt", type=float, default=0.0,
+                   help="with --pseudo-labels: weight of the pose-head term towards those labels (0 = off)")
     a.add_argument("--no-progress", dest="no_progress", action="store_true")
     a.set_defaults(func=_cmd_adapt)
     return p

@@ -453,6 +453,8 @@ class AdaptConfig:
         pseudo_labels: self-training: train on the frames where the starting model's own pipeline gives a
             trusted pose, with that pose as the label (:func:`pseudo_label_tree`; ``supervision='synthetic-gt'``
             on those labels, beside the self-supervised losses). No ground truth is read.
+        pose_gt: with ``pseudo_labels``, weight of the pose-head term towards those labels
+            (:class:`cse_train.train.TrainConfig`).
         holdout: fraction of each video's frames (its end) held out for the before/after figures.
         eval_frames: at most this many held-out frames are evaluated (None: all).
         fp16_weights: store the adapted ONNX weights as float16 like the shipped files.
@@ -480,6 +482,7 @@ class AdaptConfig:
     matcher_k: int = 200
     cross_instance: str = "auto"
     pseudo_labels: bool = False
+    pose_gt: float = 0.0
 
 
 @dataclass
@@ -567,6 +570,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         checkpoint_every=max(cfg.steps, 1), log_every=max(1, min(10, cfg.steps)), render_size=cfg.render_size,
         disable=tuple(cfg.disable), workers=cfg.workers, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
         tensorboard=False, matcher_grid=cfg.matcher_grid, matcher_k=cfg.matcher_k, cross_instance=cfg.cross_instance,
+        pose_gt=cfg.pose_gt,
     )
     result = train(tcfg)
     onnx_path = export_from_checkpoint(

@@ -38,6 +38,7 @@ __all__ = [
     "mask_loss",
     "ndc_cell_centers",
     "project_ndc",
+    "pose_head_gt_loss",
     "pull_far_loss",
     "rotate_image_and_mask",
     "rotation_cycle_loss",
@@ -718,6 +719,28 @@ def pull_far_loss(t: Tensor, min_depth: float = 1.0) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Optional supervised pre-training on synthetic ground truth (ours; not in the reference)
 # ----------------------------------------------------------------------------------------------------------
+
+
+def pose_head_gt_loss(R: Tensor, t: Tensor, R_gt: Tensor, t_gt: Tensor, scale_gt: Tensor | float = 1.0) -> Tensor:
+    """Pose-head term for ``--supervision synthetic-gt`` (ours): the regressed pose against the labelled one.
+
+    ``L = mean_b ( ||R - R_gt||_F^2 / 8 + ||t - t_gt / s_gt||_2 / (t_gt,z / s_gt) )``: the rotation term is
+    (1 - cos angle) / 2 for rotations (in [0, 1]); the translation is compared in the head's canonical units and
+    relative to the labelled depth. Without it nothing trains the head towards the right pose (the
+    correspondence terms leave it alone), and every render-and-compare term renders with the head's pose.
+
+    Detached: ``R_gt``, ``t_gt``, ``scale_gt``.
+
+    Args:
+        R: [B,3,3] regressed rotation canonical -> camera. t: [B,3] regressed translation (canonical units).
+        R_gt: [B,3,3] labelled rotation. t_gt: [B,3] labelled translation (camera units, e.g. metres).
+        scale_gt: scalar or [B] labelled scale (camera units per canonical unit).
+    """
+    s = torch.as_tensor(scale_gt, dtype=t.dtype, device=t.device).detach().reshape(-1, 1)
+    t_can = t_gt.detach().to(t.dtype) / s  # [B,3] canonical units
+    rot = ((R - R_gt.detach().to(R.dtype)) ** 2).sum(dim=(1, 2)) / 8.0
+    trans = torch.linalg.vector_norm(t - t_can, dim=-1) / t_can[:, 2].abs().clamp_min(1e-6)
+    return (rot + trans).mean()
 
 
 def synthetic_gt_correspondence_loss(

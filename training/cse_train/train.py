@@ -93,6 +93,9 @@ class TrainConfig:
         lr: base learning rate (the five groups scale it, ``weights.param_group_lrs``).
         supervision: ``self`` (default, no ground truth read) or ``synthetic-gt`` (adds
             ``synthetic_gt_correspondence_loss``; needs ground-truth poses in the data).
+        pose_gt: weight of the pose-head term under ``synthetic-gt`` (``losses.pose_head_gt_loss``; 0 = off,
+            as the shipped models were trained): the regressed pose, which every render-and-compare term uses,
+            trained towards the labels.
         dino_weights: DINO ViT-S/8 weights file: DINO for cross-time and cross-instance pairs; without it
             cross-time pairs use Farneback flow and the cross-instance term is skipped (unless
             ``cross_instance`` is ``features``).
@@ -138,6 +141,7 @@ class TrainConfig:
     frames_per_video: int = 4
     lr: float = 1e-4
     supervision: str = "self"
+    pose_gt: float = 0.0
     dino_weights: str | None = None
     cross_instance: str = "auto"
     backbone_weights: str | None = None
@@ -500,6 +504,15 @@ class LossModule(nn.Module):
                 out.match, out.imatch, out.vertices, coords, valid, R_can, t_can, K_ndc, scale
             )
             terms["synthetic_gt"] = m_term + i_term
+        if self.supervision == "synthetic-gt" and "pose_gt" in on:
+            if "R" not in batch:
+                raise KeyError("the pose_gt term needs pose labels (R, t, size) in the batch")
+            R_gt = canonical_azimuth(batch["R"], batch["t"]) if self.y_symmetric else batch["R"]
+            _, _, R_can, t_can, scale = gt_canonical_grid(
+                depth, mask, K_crop, R_gt, batch["t"], batch["size"], self.prior_center,
+                self.prior_extent, self.base_rotation, g,
+            )
+            terms["pose_gt"] = L.pose_head_gt_loss(out.R, out.t, R_can, t_can, scale)
 
         total = sum((weights[k] * v for k, v in terms.items()), start=rgb.new_zeros(()))
         return total, terms
@@ -783,6 +796,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {cfg.category}", unit="step")
     history: list[dict[str, float]] = []
     peak = category_config(cfg.category).weights.as_dict()  # schedule-free weights for ``total_fixed``
+    peak["pose_gt"] = cfg.pose_gt
     nan_steps = 0
     images_per_step = cfg.videos_per_batch * cfg.frames_per_video * world
     timed_from, timed_images, t_timed = min(5, cfg.steps - start_step - 1), 0, time.perf_counter()
@@ -794,8 +808,9 @@ def _run(cfg: TrainConfig) -> TrainResult:
         weights = weights_at(cfg.category, step, cfg.steps)
         for name in cfg.disable:
             weights[name] = 0.0
+        weights["pose_gt"] = cfg.pose_gt if "pose_gt" not in cfg.disable else 0.0
         if cfg.supervision != "synthetic-gt":
-            weights["synthetic_gt"] = 0.0
+            weights["synthetic_gt"] = weights["pose_gt"] = 0.0
 
         total, terms = step_module(batch, weights)
         optimizer.zero_grad(set_to_none=True)

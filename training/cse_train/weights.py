@@ -77,6 +77,7 @@ LOSS_NAMES: tuple[str, ...] = (
     "deform",
     "pull_far",
     "synthetic_gt",
+    "pose_gt",
 )
 DECAYING: tuple[str, ...] = ("laplacian", "symmetry", "rotation_cycle", "cross_cycle")
 RISING: tuple[str, ...] = ("match", "imatch")
@@ -105,6 +106,7 @@ class LossWeights:
     deform: float = 0.4
     pull_far: float = 0.01
     synthetic_gt: float = 1.0  # ours: only used with --supervision synthetic-gt
+    pose_gt: float = 0.0  # ours: the pose head against the labels, only with --supervision synthetic-gt (opt-in)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}

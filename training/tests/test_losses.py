@@ -533,3 +533,20 @@ def test_nan_guard_zeroes_all_grads():
     assert a.grad.sum() == 3
     b.grad = torch.tensor([float("inf"), 0.0, 0.0])
     assert W.nan_guard([a, b]) is True and a.grad.sum() == 0
+
+
+def test_pose_head_gt_loss_is_zero_at_the_label_and_measures_angle_and_relative_offset():
+    c, s_ = math.cos(math.radians(60.0)), math.sin(math.radians(60.0))
+    R_gt = torch.eye(3).expand(2, 3, 3).clone()
+    t_gt = torch.tensor([[0.0, 0.0, 0.6], [0.1, 0.0, 0.8]])  # metres
+    scale = torch.tensor([0.05, 0.1])  # metres per canonical unit
+    t_head = t_gt / scale[:, None]
+    assert float(L.pose_head_gt_loss(R_gt.clone(), t_head.clone(), R_gt, t_gt, scale)) < 1e-9
+    R = R_gt.clone()
+    R[0] = torch.tensor([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])  # 60 deg: (1 - cos) / 2 = 0.25
+    t = t_head.clone()
+    t[1, 0] += 0.8  # 0.8 canonical units off at a labelled depth of 8 units: 0.1
+    loss = L.pose_head_gt_loss(R.requires_grad_(), t.requires_grad_(), R_gt, t_gt, scale)
+    torch.testing.assert_close(loss, torch.tensor((0.25 + 0.1) / 2))
+    loss.backward()
+    assert R.grad is not None and t.grad is not None and float(t.grad[0].abs().sum()) == 0.0

@@ -143,7 +143,7 @@ def test_cross_instance_cycle_from_the_networks_own_features(tiny_data: Path, tm
 #: 2D->3D instance cycle, the synthetic-GT term and the cycles detach the mesh and pose they compare against,
 #: the 3D->2D cycle trains the pose through the projection (docs/reference.md §3.5). ``deform`` penalises the
 #: offset from mean_v, so mean_v gets no gradient from it. ``pull_far`` is a hinge that is inactive here
-#: (t_z >= 1): no gradient at all.
+#: (t_z >= 1): no gradient at all. ``pose_gt`` trains the regressed pose only.
 GRADIENT_ROUTES: dict[str, set[str]] = {
     "mask": {"mean_v", "pose", "shape", "backbone"},
     "depth": {"mean_v", "pose", "shape", "backbone"},
@@ -157,6 +157,7 @@ GRADIENT_ROUTES: dict[str, set[str]] = {
     "deform": {"shape", "backbone"},
     "pull_far": set(),
     "synthetic_gt": {"features", "backbone"},
+    "pose_gt": {"pose", "backbone"},
 }
 
 
