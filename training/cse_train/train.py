@@ -491,7 +491,8 @@ class LossModule(nn.Module):
             terms["deform"] = L.deformation_loss(out.vertices, m.mean_v)
         if "pull_far" in on:
             terms["pull_far"] = L.pull_far_loss(out.t)
-        if self.supervision == "synthetic-gt" and "synthetic_gt" in on:
+        labelled = {"synthetic_gt", "pose_gt"} & on if self.supervision == "synthetic-gt" else set()
+        if labelled:
             if "R" not in batch:
                 raise KeyError("supervision 'synthetic-gt' needs ground-truth poses (R, t, size) in the batch")
             R_gt = canonical_azimuth(batch["R"], batch["t"]) if self.y_symmetric else batch["R"]
@@ -499,20 +500,13 @@ class LossModule(nn.Module):
                 depth, mask, K_crop, R_gt, batch["t"], batch["size"], self.prior_center,
                 self.prior_extent, self.base_rotation, g,
             )
-            valid = valid & mask_g
-            m_term, i_term = L.synthetic_gt_correspondence_loss(
-                out.match, out.imatch, out.vertices, coords, valid, R_can, t_can, K_ndc, scale
-            )
-            terms["synthetic_gt"] = m_term + i_term
-        if self.supervision == "synthetic-gt" and "pose_gt" in on:
-            if "R" not in batch:
-                raise KeyError("the pose_gt term needs pose labels (R, t, size) in the batch")
-            R_gt = canonical_azimuth(batch["R"], batch["t"]) if self.y_symmetric else batch["R"]
-            _, _, R_can, t_can, scale = gt_canonical_grid(
-                depth, mask, K_crop, R_gt, batch["t"], batch["size"], self.prior_center,
-                self.prior_extent, self.base_rotation, g,
-            )
-            terms["pose_gt"] = L.pose_head_gt_loss(out.R, out.t, R_can, t_can, scale)
+            if "synthetic_gt" in labelled:
+                m_term, i_term = L.synthetic_gt_correspondence_loss(
+                    out.match, out.imatch, out.vertices, coords, valid & mask_g, R_can, t_can, K_ndc, scale
+                )
+                terms["synthetic_gt"] = m_term + i_term
+            if "pose_gt" in labelled:
+                terms["pose_gt"] = L.pose_head_gt_loss(out.R, out.t, R_can, t_can, scale)
 
         total = sum((weights[k] * v for k, v in terms.items()), start=rgb.new_zeros(()))
         return total, terms
