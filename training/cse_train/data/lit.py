@@ -5,7 +5,7 @@ training's (``synthetic.render_frame``). Two are available (:data:`LIT_RENDERERS
 
 - ``tiny`` (default): pybullet's TinyRenderer, a CPU rasteriser of its own (not ours) with ambient, diffuse and
   specular lighting from the scene's light and a shadow map, surface colours baked into per-triangle texture
-  atlases and looked up nearest-texel (:class:`TinyLitRenderer`); ~0.2 s a 640x480 frame on one core.
+  atlases (:class:`TinyLitRenderer`); ~0.2 s a 640x480 frame on one core.
 - ``open3d``: open3d's physically based offscreen renderer (Filament) with a shadow-casting sun, an ambient
   light and per-surface roughness / reflectance (:class:`Open3DLitRenderer`). Without a GPU it runs through
   Mesa's CPU Vulkan driver (``OPEN3D_CPU_RENDERING=true``), where our scenes took 7-44 s a frame and stalled
@@ -313,8 +313,8 @@ class TinyLitRenderer:
     """pybullet's ``ER_TINY_RENDERER`` of :class:`~cse_train.data.synthetic.SceneSpec` scenes: a CPU
     rasteriser independent of ours, with its own Phong-style lighting (ambient, diffuse, specular from the
     scene's light and each surface's specular strength) and a shadow map from the scene's light direction.
-    Surface colours are the :data:`LIT_FAMILIES` textures baked into a per-triangle atlas (:func:`_baked_mesh`,
-    nearest-texel lookup). About 0.1-0.2 s a 640x480 frame on one core. The room is drawn in a second pass
+    Surface colours are the :data:`LIT_FAMILIES` textures baked into a per-triangle atlas (:func:`_baked_mesh`).
+    About 0.1-0.2 s a 640x480 frame on one core. The room is drawn in a second pass
     without shadows (a closed box around the light would otherwise shadow everything) and composited by depth.
     """
 
