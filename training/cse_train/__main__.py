@@ -175,7 +175,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         render_size=args.render_size or None, disable=tuple(args.disable or ()), holdout=args.holdout,
         eval_frames=args.eval_frames, fp16_weights=not args.fp32_weights, seed=args.seed, device=args.device,
         workers=args.workers, progress=not args.no_progress, cross_instance=args.cross_instance,
-        pseudo_labels=args.pseudo_labels, pose_gt=args.pose_gt,
+        pseudo_labels=args.pseudo_labels, pose_gt=args.pose_gt, freeze=tuple(args.freeze),
     )
     try:
         adapt(cfg)
@@ -309,7 +309,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .weights import CATEGORIES, LOSS_NAMES
+    from .weights import CATEGORIES, LOSS_NAMES, PARAM_GROUPS
 
     p = argparse.ArgumentParser(prog="python -m cse_train", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--supervision", default="self", choices=("self", "synthetic-gt"))
     t.add_argument("--pose-gt", dest="pose_gt", type=float, default=0.0,
                    help="weight of the pose-head term under synthetic-gt supervision (0 = off)")
+    t.add_argument("--freeze", nargs="*", default=[], choices=PARAM_GROUPS,
+                   help="parameter groups held fixed (e.g. all but pose: a head-only phase)")
     t.add_argument("--dino-weights", dest="dino_weights")
     t.add_argument("--cross-instance", dest="cross_instance", default="auto",
                    choices=("auto", "dino", "features", "off"),
@@ -488,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "pose as the label (no ground truth read)")
     a.add_argument("--pose-gt", dest="pose_gt", type=float, default=0.0,
                    help="with --pseudo-labels: weight of the pose-head term towards those labels (0 = off)")
+    a.add_argument("--freeze", nargs="*", default=[], choices=PARAM_GROUPS,
+                   help="parameter groups held fixed (e.g. mean_v shape features backbone: train the pose head only)")
     a.add_argument("--no-progress", dest="no_progress", action="store_true")
     a.set_defaults(func=_cmd_adapt)
     return p

@@ -455,6 +455,7 @@ class AdaptConfig:
             on those labels, beside the self-supervised losses). No ground truth is read.
         pose_gt: with ``pseudo_labels``, weight of the pose-head term towards those labels
             (:class:`cse_train.train.TrainConfig`).
+        freeze: parameter groups held fixed (``TrainConfig.freeze``).
         holdout: fraction of each video's frames (its end) held out for the before/after figures.
         eval_frames: at most this many held-out frames are evaluated (None: all).
         fp16_weights: store the adapted ONNX weights as float16 like the shipped files.
@@ -483,6 +484,7 @@ class AdaptConfig:
     cross_instance: str = "auto"
     pseudo_labels: bool = False
     pose_gt: float = 0.0
+    freeze: tuple[str, ...] = ()
 
 
 @dataclass
@@ -570,7 +572,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         checkpoint_every=max(cfg.steps, 1), log_every=max(1, min(10, cfg.steps)), render_size=cfg.render_size,
         disable=tuple(cfg.disable), workers=cfg.workers, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
         tensorboard=False, matcher_grid=cfg.matcher_grid, matcher_k=cfg.matcher_k, cross_instance=cfg.cross_instance,
-        pose_gt=cfg.pose_gt,
+        pose_gt=cfg.pose_gt, freeze=tuple(cfg.freeze),
     )
     result = train(tcfg)
     onnx_path = export_from_checkpoint(

@@ -93,6 +93,8 @@ class TrainConfig:
         lr: base learning rate (the five groups scale it, ``weights.param_group_lrs``).
         supervision: ``self`` (default, no ground truth read) or ``synthetic-gt`` (adds
             ``synthetic_gt_correspondence_loss``; needs ground-truth poses in the data).
+        freeze: parameter groups (:data:`weights.PARAM_GROUPS`) held fixed (:func:`freeze_groups`), e.g. all but
+            ``pose`` for a head-only phase.
         pose_gt: weight of the pose-head term under ``synthetic-gt`` (``losses.pose_head_gt_loss``; 0 = off,
             as the shipped models were trained): the regressed pose, which every render-and-compare term uses,
             trained towards the labels.
@@ -155,6 +157,7 @@ class TrainConfig:
     matcher_k: int = 200
     jitter: bool = True
     disable: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = ()
     workers: int = 0
     threads: int = 1
     device: str = "auto"
@@ -174,6 +177,10 @@ class TrainConfig:
         unknown = set(self.disable) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"unknown loss names in disable: {sorted(unknown)}; known: {list(LOSS_NAMES)}")
+        unknown = set(self.freeze) - set(PARAM_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown parameter groups in freeze: {sorted(unknown)}; known: {list(PARAM_GROUPS)}")
+        self.freeze = tuple(self.freeze)
         if self.steps <= 0 or self.videos_per_batch <= 0 or self.frames_per_video <= 0:
             raise ValueError("steps, videos_per_batch and frames_per_video must be positive")
         self.disable = tuple(self.disable)
@@ -574,6 +581,20 @@ def build_param_groups(model: CSENet, category: str, base_lr: float) -> list[dic
     return groups
 
 
+def freeze_groups(model: CSENet, names: Sequence[str]) -> None:
+    """Hold the parameter groups ``names`` (:data:`weights.PARAM_GROUPS`) fixed: no gradient, and their modules
+    in eval mode, so that batch normalisation keeps its running statistics (the frozen part computes exactly
+    what it computed before training)."""
+    modules = {"pose": [model.pose], "shape": [model.shape_code, model.deformer],
+               "features": [model.decoder, model.mesh_encoder], "backbone": [model.trunk], "mean_v": []}
+    for name in names:
+        if name == "mean_v":
+            model.mean_v.requires_grad_(False)
+        for module in modules[name]:
+            module.eval()
+            module.requires_grad_(False)
+
+
 def _build_dataset(cfg: TrainConfig, crop_size: int):  # noqa: ANN202 (torch Dataset subclass)
     need_gt = cfg.supervision == "synthetic-gt"
     if cfg.dataset == "wild6d":
@@ -714,6 +735,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
             raise ValueError(f"--init-checkpoint {cfg.init_checkpoint}: config/category differ from this run")
         model.load_state_dict(init.state_dict())
     model.to(device).train()
+    freeze_groups(model, cfg.freeze)
 
     # -- data: video-major batches, videos sharded over ranks -------------------------------------------------
     from .data.batching import VideoBatchSampler

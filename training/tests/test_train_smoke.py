@@ -268,3 +268,20 @@ def test_canonical_azimuth_puts_the_camera_in_the_yz_half_plane() -> None:
     assert torch.allclose(cam.norm(dim=-1), cam0.norm(dim=-1)) and torch.allclose(cam[:, 1], cam0[:, 1])
     # idempotent
     assert torch.allclose(canonical_azimuth(R2, t), R2, atol=1e-9)
+
+
+def test_frozen_groups_do_not_move(tiny_data: Path, tmp_path: Path) -> None:
+    """``freeze``: only the pose head trains (a head-only phase); the trunk's batch-norm statistics stay."""
+    from cse_train.model import save_checkpoint
+
+    torch.manual_seed(0)
+    start = CSENet.from_category("mug", get_config("small", **TINY))
+    init = save_checkpoint(tmp_path / "init.pt", start, {})
+    result = train(_cfg(tiny_data, tmp_path / "run", steps=3, init_checkpoint=str(init), supervision="synthetic-gt",
+                        pose_gt=1.0, freeze=("mean_v", "shape", "features", "backbone")))
+    after, _ = load_checkpoint(result.checkpoint, map_location="cpu")
+    before = start.state_dict()
+    moved = {k for k, v in after.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("pose.") for k in moved), sorted(moved)[:5]
+    with pytest.raises(ValueError, match="unknown parameter groups"):
+        _cfg(tiny_data, tmp_path / "x", freeze=("trunk",))
