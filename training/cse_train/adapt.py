@@ -42,6 +42,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,19 @@ def category_root(data: str | Path, category: str) -> Path:
     return data / category if (data / category).is_dir() else data
 
 
+def _link_frames(src: Path, dst: Path, frames: Sequence[int]) -> None:
+    """A video ``dst`` of symbolic links to ``frames`` of the video ``src`` (its ``metadata`` and ``scene.json``
+    too; every file of each frame)."""
+    (dst / "images").mkdir(parents=True)
+    for name in ("metadata", "scene.json"):
+        if (src / name).is_file():
+            (dst / name).symlink_to((src / name).resolve())
+    for i in frames:
+        for path in fmt.frame_paths(src, i).values():
+            if path.is_file():
+                (dst / "images" / path.name).symlink_to(path.resolve())
+
+
 def split_holdout(root: str | Path, out: str | Path, fraction: float = 0.2, min_train: int = 2
                   ) -> tuple[Path, Path | None]:
     """Split each video of the category root ``root`` in time: the last ``fraction`` of its frames are held out.
@@ -322,15 +336,7 @@ def split_holdout(root: str | Path, out: str | Path, fraction: float = 0.2, min_
         for split, subset in parts.items():
             if not subset:
                 continue
-            dst = roots[split] / obj / seq
-            (dst / "images").mkdir(parents=True)
-            for name in ("metadata", "scene.json"):
-                if (src / name).is_file():
-                    (dst / name).symlink_to(src / name)
-            for i in subset:
-                for p in fmt.frame_paths(src, i).values():
-                    if p.is_file():
-                        (dst / "images" / p.name).symlink_to(p)
+            _link_frames(src, roots[split] / obj / seq, subset)
             pkl = fmt.pkl_path(root.parent, category, obj, seq)
             if pkl.is_file():
                 link = fmt.pkl_path(roots[split].parent, category, obj, seq)
@@ -356,6 +362,23 @@ def pose_yield(model_path: str | Path, root: str | Path, category: str, max_fram
     """The node's pipeline on every frame of a category root (its target mask as the one instance), no ground
     truth needed: ``frames``, ``posed`` (share with a pose), ``trusted`` (share with a trusted pose),
     ``mean_quality`` (over posed frames; 0 if none)."""
+    posed = trusted = frames = 0
+    qualities: list[float] = []
+    for _, _, inst in _pipeline_on_frames(model_path, root, category, max_frames):
+        frames += 1
+        if inst.pose is not None:
+            posed += 1
+            qualities.append(float(inst.pose.quality))
+        trusted += int(inst.trusted)
+    n = max(frames, 1)
+    return {"frames": float(frames), "posed": posed / n, "trusted": trusted / n,
+            "mean_quality": float(np.mean(qualities)) if qualities else 0.0}
+
+
+def _pipeline_on_frames(model_path: str | Path, root: str | Path, category: str, max_frames: int | None = None
+                        ) -> Iterator[tuple[Any, int, Any]]:
+    """The node's pipeline (defaults) on every frame of a category root, its target mask as the one instance:
+    yields (video, frame number, ``InstanceResult``), the first ``max_frames`` frames when given."""
     from cse_pose.inference import load_model
     from cse_pose.pipeline import PosePipeline
 
@@ -363,21 +386,11 @@ def pose_yield(model_path: str | Path, root: str | Path, category: str, max_fram
 
     ds = Wild6DDataset(root, split="train", category=category, return_gt=False)
     pipeline = PosePipeline({category: load_model(model_path, "cpu")})
-    posed = trusted = 0
-    qualities: list[float] = []
-    index = ds.index[:max_frames] if max_frames else ds.index
-    for video, position in index:
+    for video, position in ds.index[:max_frames] if max_frames else ds.index:
         frame = ds.load_frame(video, position)
         result = pipeline.process(frame["rgb"], frame["depth_m"], frame["mask"].astype(np.uint8), {1: category},
                                   frame["K"])
-        inst = result.instances[0]
-        if inst.pose is not None:
-            posed += 1
-            qualities.append(float(inst.pose.quality))
-        trusted += int(inst.trusted)
-    n = max(len(index), 1)
-    return {"frames": float(len(index)), "posed": posed / n, "trusted": trusted / n,
-            "mean_quality": float(np.mean(qualities)) if qualities else 0.0}
+        yield ds.videos[video], int(ds.videos[video].frames[position]), result.instances[0]
 
 
 def pseudo_label_tree(model_path: str | Path, root: str | Path, out: str | Path, category: str
@@ -391,39 +404,21 @@ def pseudo_label_tree(model_path: str | Path, root: str | Path, out: str | Path,
     Returns:
         The new category root and counts ``{"frames": ..., "trusted": ...}``.
     """
-    from cse_pose.inference import load_model
-    from cse_pose.pipeline import PosePipeline
-
-    from .data.wild6d import Wild6DDataset
-
     root = Path(root)
     dst_root = Path(out) / category
     shutil.rmtree(Path(out), ignore_errors=True)
-    ds = Wild6DDataset(root, split="train", category=category, return_gt=False)
-    pipeline = PosePipeline({category: load_model(model_path, "cpu")})
     labels: dict[tuple[str, str], dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     counts = {"frames": 0, "trusted": 0}
-    for video, position in ds.index:
-        vid = ds.videos[video]
-        frame = ds.load_frame(video, position)
-        inst = pipeline.process(frame["rgb"], frame["depth_m"], frame["mask"].astype(np.uint8), {1: category},
-                                frame["K"]).instances[0]
+    for vid, frame_number, inst in _pipeline_on_frames(model_path, root, category):
         counts["frames"] += 1
         if inst.trusted and inst.pose is not None:
             counts["trusted"] += 1
-            labels.setdefault((vid.object_dir, vid.sequence_dir), {})[int(vid.frames[position])] = (
+            labels.setdefault((vid.object_dir, vid.sequence_dir), {})[frame_number] = (
                 inst.pose.R, inst.pose.t_m, inst.pose.size_m)
     eye, zero = np.eye(3), np.zeros(3)
     for (obj, seq), frames in labels.items():
-        src, dst = root / obj / seq, dst_root / obj / seq
-        (dst / "images").mkdir(parents=True)
-        for name in ("metadata", "scene.json"):
-            if (src / name).is_file():
-                (dst / name).symlink_to((src / name).resolve())
-        for i in frames:
-            for path in fmt.frame_paths(src, i).values():
-                if path.is_file():
-                    (dst / "images" / path.name).symlink_to(path.resolve())
+        src = root / obj / seq
+        _link_frames(src, dst_root / obj / seq, sorted(frames))
         ids = list(range(max(fmt.frame_indices(src)) + 1))  # annotations are indexed by frame number
         poses = [frames.get(i, (eye, zero, zero)) for i in ids]  # frames without a label are not linked
         K = fmt.read_metadata(src)["K"]
@@ -555,6 +550,8 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     with_gt = holdout_root is not None and has_ground_truth(holdout_root)
     before = _measure(model_path, holdout_root, cfg.category, with_gt, cfg.eval_frames)
     supervision, labels = "self", None
+    if cfg.pose_gt and not cfg.pseudo_labels:
+        raise ValueError("the pose-head term (pose_gt) trains towards labels: it needs pseudo_labels")
     if cfg.pseudo_labels:
         train_root, labels = pseudo_label_tree(model_path, train_root, out / "pseudo", cfg.category)
         print(f"pseudo-labels: {labels['trusted']} of {labels['frames']} training frames have a trusted pose")
@@ -586,7 +583,8 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     figures = {"model": str(model_path), "data": str(data_root), "onnx": str(onnx_path), "steps": cfg.steps,
                "train_s": result.wall_s, "images_per_s": result.images_per_s, "loss_fixed_first":
                result.first_avg_fixed, "loss_fixed_last": result.last_avg_fixed, "holdout": cfg.holdout,
-               "ground_truth": with_gt, "pseudo_labels": labels, "disable": list(cfg.disable), "before": before,
+               "ground_truth": with_gt, "pseudo_labels": labels, "disable": list(cfg.disable),
+               "freeze": list(cfg.freeze), "pose_gt": cfg.pose_gt, "before": before,
                "after": after, "wall_s": time.perf_counter() - t0}
     (out / "adapt.json").write_text(json.dumps(figures, indent=1, default=float))
     print(f"adapted {cfg.category}: {model_path} -> {onnx_path} ({cfg.steps} steps, {result.wall_s:.0f} s)")

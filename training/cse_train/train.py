@@ -177,6 +177,8 @@ class TrainConfig:
         unknown = set(self.disable) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"unknown loss names in disable: {sorted(unknown)}; known: {list(LOSS_NAMES)}")
+        if self.pose_gt and self.supervision != "synthetic-gt":
+            raise ValueError("pose_gt trains the pose head towards labels: it needs supervision='synthetic-gt'")
         unknown = set(self.freeze) - set(PARAM_GROUPS)
         if unknown:
             raise ValueError(f"unknown parameter groups in freeze: {sorted(unknown)}; known: {list(PARAM_GROUPS)}")

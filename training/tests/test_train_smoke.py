@@ -285,3 +285,5 @@ def test_frozen_groups_do_not_move(tiny_data: Path, tmp_path: Path) -> None:
     assert moved and all(k.startswith("pose.") for k in moved), sorted(moved)[:5]
     with pytest.raises(ValueError, match="unknown parameter groups"):
         _cfg(tiny_data, tmp_path / "x", freeze=("trunk",))
+    with pytest.raises(ValueError, match="pose_gt"):  # the head term needs labels
+        _cfg(tiny_data, tmp_path / "x", pose_gt=1.0)
