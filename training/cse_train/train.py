@@ -565,15 +565,10 @@ def build_param_groups(model: CSENet, category: str, base_lr: float) -> list[dic
     exactly one group.
     """
     lrs = param_group_lrs(category, base_lr)
-    members: dict[str, list[nn.Parameter]] = {
-        "mean_v": [model.mean_v],
-        "pose": list(model.pose.parameters()),
-        "shape": list(model.shape_code.parameters()) + list(model.deformer.parameters()),
-        "features": list(model.decoder.parameters()) + list(model.mesh_encoder.parameters()),
-        "backbone": list(model.trunk.parameters()),
-    }
+    members = _group_members(model)
     groups = [
-        {"name": name, "params": [p for p in members[name] if p.requires_grad], "lr": lrs[name]}
+        {"name": name, "params": [p for m in members[name] for p in _parameters(m) if p.requires_grad],
+         "lr": lrs[name]}
         for name in PARAM_GROUPS
     ]
     grouped = {id(p) for g in groups for p in g["params"]}
@@ -583,18 +578,26 @@ def build_param_groups(model: CSENet, category: str, base_lr: float) -> list[dic
     return groups
 
 
+def _group_members(model: CSENet) -> dict[str, list[nn.Module | nn.Parameter]]:
+    """What each parameter group (:data:`weights.PARAM_GROUPS`) holds: modules, or the prior's vertices."""
+    return {"mean_v": [model.mean_v], "pose": [model.pose], "shape": [model.shape_code, model.deformer],
+            "features": [model.decoder, model.mesh_encoder], "backbone": [model.trunk]}
+
+
+def _parameters(member: nn.Module | nn.Parameter) -> list[nn.Parameter]:
+    return list(member.parameters()) if isinstance(member, nn.Module) else [member]
+
+
 def freeze_groups(model: CSENet, names: Sequence[str]) -> None:
     """Hold the parameter groups ``names`` (:data:`weights.PARAM_GROUPS`) fixed: no gradient, and their modules
     in eval mode, so that batch normalisation keeps its running statistics (the frozen part computes exactly
     what it computed before training)."""
-    modules = {"pose": [model.pose], "shape": [model.shape_code, model.deformer],
-               "features": [model.decoder, model.mesh_encoder], "backbone": [model.trunk], "mean_v": []}
+    members = _group_members(model)
     for name in names:
-        if name == "mean_v":
-            model.mean_v.requires_grad_(False)
-        for module in modules[name]:
-            module.eval()
-            module.requires_grad_(False)
+        for member in members[name]:
+            if isinstance(member, nn.Module):
+                member.eval()
+            member.requires_grad_(False)
 
 
 def _build_dataset(cfg: TrainConfig, crop_size: int):  # noqa: ANN202 (torch Dataset subclass)
@@ -823,10 +826,9 @@ def _run(cfg: TrainConfig) -> TrainResult:
     for i, batch in enumerate(loader):
         step = start_step + i
         batch = _to_device(batch, device)
-        weights = weights_at(cfg.category, step, cfg.steps)
+        weights = dict(weights_at(cfg.category, step, cfg.steps), pose_gt=cfg.pose_gt)
         for name in cfg.disable:
             weights[name] = 0.0
-        weights["pose_gt"] = cfg.pose_gt if "pose_gt" not in cfg.disable else 0.0
         if cfg.supervision != "synthetic-gt":
             weights["synthetic_gt"] = weights["pose_gt"] = 0.0
 
