@@ -238,11 +238,12 @@ class Open3DLitRenderer:
 # ----------------------------------------------------------------------------------------------------------
 
 #: Texels per triangle side in the baked albedo atlases (objects / environment), and midpoint subdivisions of
-#: the environment's triangles before baking (a texel is then ~5 mm on the table).
+#: the environment's triangles before baking (a texel is then ~8 mm on the table: 6 cm legs, 8 texels).
 _TEXELS_OBJECT, _TEXELS_ENV, _SUBDIVIDE_ENV_TINY = 6, 8, 2
 #: Corners whose smooth normal is further than this from the face normal get the face normal (box edges).
 _CREASE_COS = float(np.cos(np.radians(40.0)))
-#: Near / far planes of the TinyRenderer projection (metres); the light sits this far from the table centre.
+#: Near / far planes of the TinyRenderer projection (metres); the light sits this far from the world origin (on
+#: the table, inside the room), towards the scene's light direction.
 _NEAR_M, _FAR_M, _LIGHT_DISTANCE_M = 0.02, 12.0, 1.5
 
 
@@ -327,7 +328,8 @@ class TinyLitRenderer:
         self._tmp_dir = tempfile.TemporaryDirectory(prefix="cse_lit_")  # the baked atlases (PNG for pybullet)
         self._tmp = Path(self._tmp_dir.name)
         self._scene_key: str | None = None
-        self._room_body = -1
+        self._room_body = -1  # drawn in its own pass
+        self._bodies: list[int] = []  # everything else
         self._light: dict[str, Any] = {}
 
     def _add_body(self, body: Any, texels: int, name: str) -> int:
