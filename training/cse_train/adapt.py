@@ -33,7 +33,8 @@ model is written under ``out``; copy it to ``models/`` yourself if the figures s
 ``pseudo_labels`` (self-training, :func:`pseudo_label_tree`) trains instead on the frames where the starting
 model's own pipeline gives a trusted pose, labelled with that pose, with the shipped models' recipe
 (``supervision='synthetic-gt'`` on those labels). The self-supervised losses alone render with the pose head's
-pose, which the shipped models never learned (docs/adaptation.md: they lose the pose within a few hundred steps).
+pose, which the shipped models learned from silhouettes and depth only and which is far off (docs/adaptation.md:
+they lose the pose within a few hundred steps).
 """
 
 from __future__ import annotations

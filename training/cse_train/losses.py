@@ -726,8 +726,8 @@ def pose_head_gt_loss(R: Tensor, t: Tensor, R_gt: Tensor, t_gt: Tensor, scale_gt
 
     ``L = mean_b ( ||R - R_gt||_F^2 / 8 + ||t - t_gt / s_gt||_2 / (t_gt,z / s_gt) )``: the rotation term is
     (1 - cos angle) / 2 for rotations (in [0, 1]); the translation is compared in the head's canonical units and
-    relative to the labelled depth. Without it nothing trains the head towards the right pose (the
-    correspondence terms leave it alone), and every render-and-compare term renders with the head's pose.
+    relative to the labelled depth. Without it only the render terms train the head, from silhouettes and depth
+    that leave e.g. a mug's handle side ambiguous, and every render-and-compare term renders with its pose.
 
     Detached: ``R_gt``, ``t_gt``, ``scale_gt``.
 
