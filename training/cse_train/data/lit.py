@@ -8,8 +8,8 @@ training's (``synthetic.render_frame``). Two are available (:data:`LIT_RENDERERS
   atlases (:class:`TinyLitRenderer`); ~0.2 s a 640x480 frame on one core.
 - ``open3d``: open3d's physically based offscreen renderer (Filament) with a shadow-casting sun, an ambient
   light and per-surface roughness / reflectance (:class:`Open3DLitRenderer`). Without a GPU it runs through
-  Mesa's CPU Vulkan driver (``OPEN3D_CPU_RENDERING=true``), where our scenes took 7-44 s a frame and stalled
-  for minutes on most frames of a 2-core machine; use it where a GPU driver is present.
+  Mesa's CPU Vulkan driver (``OPEN3D_CPU_RENDERING=true``), where on a 2-core machine the first frame of a
+  video of our scenes took 5-9 s and most later frames none within 40-200 s; use it where a GPU driver is present.
 
 Both colour surfaces with texture families that training never uses (:data:`LIT_FAMILIES`: wood rings and
 marble veins, instead of ``synthetic.TEXTURE_FAMILIES``). The split measures how much of the accuracy
@@ -418,9 +418,9 @@ class TinyLitRenderer:
 
 
 #: The lit split's renderers: name -> (class run in the watchdog's child, description written to scene.json).
-#: ``tiny`` is the default: open3d's Filament renderer on Mesa's CPU driver (no GPU) took 7-44 s a frame and
-#: stalled for minutes on most frames of our scenes on a 2-core machine; it stays available for machines with
-#: a GPU driver.
+#: ``tiny`` is the default: open3d's Filament renderer on Mesa's CPU driver (no GPU) took 5-9 s for the first frame
+#: of a video of our scenes and rendered most later frames not within 40-200 s on a 2-core machine; it stays
+#: available for machines with a GPU driver.
 LIT_RENDERERS: dict[str, tuple[Callable[[int, int], FrameRenderer], str]] = {
     "tiny": (TinyLitRenderer, "pybullet TinyRenderer (diffuse + specular, shadow map, baked texture atlas)"),
     "open3d": (Open3DLitRenderer, "open3d OffscreenRenderer (defaultLit, sun + ambient)"),
