@@ -417,13 +417,15 @@ class TinyLitRenderer:
         return np.ascontiguousarray(rgb), z.astype(np.float32)
 
 
-#: The lit split's renderers: name -> (class run in the watchdog's child, description written to scene.json).
+#: The lit split's renderers: name -> (class run in the watchdog's child, description written to scene.json,
+#: the module it needs).
 #: ``tiny`` is the default: open3d's Filament renderer on Mesa's CPU driver (no GPU) took 5-9 s for the first frame
 #: of a video of our scenes and rendered most later frames not within 40-200 s on a 2-core machine; it stays
 #: available for machines with a GPU driver.
-LIT_RENDERERS: dict[str, tuple[Callable[[int, int], FrameRenderer], str]] = {
-    "tiny": (TinyLitRenderer, "pybullet TinyRenderer (diffuse + specular, shadow map, baked texture atlas)"),
-    "open3d": (Open3DLitRenderer, "open3d OffscreenRenderer (defaultLit, sun + ambient)"),
+LIT_RENDERERS: dict[str, tuple[Callable[[int, int], FrameRenderer], str, str]] = {
+    "tiny": (TinyLitRenderer, "pybullet TinyRenderer (diffuse + specular, shadow map, baked texture atlas)",
+             "pybullet"),
+    "open3d": (Open3DLitRenderer, "open3d OffscreenRenderer (defaultLit, sun + ambient)", "open3d"),
 }
 
 
@@ -675,7 +677,7 @@ def check_lit_renderer(name: str) -> str:
 def lit_renderer_available(timeout_s: float = 120.0, renderer: str = "tiny") -> tuple[bool, str]:
     """Whether ``renderer`` (:data:`LIT_RENDERERS`) starts and renders here (tried in a child process, so a
     missing driver or a hang cannot take this process down). Returns (ok, reason)."""
-    module = {"tiny": "pybullet", "open3d": "open3d"}[check_lit_renderer(renderer)]
+    factory, what, module = LIT_RENDERERS[check_lit_renderer(renderer)]
     try:
         _import_quietly(module)
     except ImportError as exc:
@@ -683,7 +685,6 @@ def lit_renderer_available(timeout_s: float = 120.0, renderer: str = "tiny") -> 
     # (with open3d on Mesa's CPU driver, some scenes stall the renderer for minutes on an idle 2-core machine,
     # where this one renders in ~10 s including the renderer's start: what the per-frame watchdog is for)
     scene = sample_scene("mug", "test", 0, (1, 1))
-    factory, what = LIT_RENDERERS[renderer]
     with WatchdogRenderer(160, 120, factory, frame_timeout_s=timeout_s, start_timeout_s=timeout_s) as r:
         out = r.render(scene, 0)
         errors = list(r.stats.errors)
