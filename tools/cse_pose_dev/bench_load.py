@@ -256,8 +256,10 @@ def run_load_test(
                     if probe.spin_until(lambda: len(probe.arrivals) >= 3, 0.5):
                         break
                 if not probe.arrivals:
-                    raise RuntimeError(f"the node served no warm-up frame in 30 s; its log {log_path} ends:\n"
-                                       + _tail(log_path))
+                    raise RuntimeError(f"the node served no warm-up frame in 30 s (if its log shows only the small "
+                                       "inputs arriving, this process made a DDS participant before the large-"
+                                       "frames profile was set, and its 640x480 images went over UDP); its log "
+                                       f"{log_path} ends:\n" + _tail(log_path))
                 probe.spin_for(1.0)
                 for rate in rates_hz:
                     if progress:
