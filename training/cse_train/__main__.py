@@ -176,6 +176,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         eval_frames=args.eval_frames, fp16_weights=not args.fp32_weights, seed=args.seed, device=args.device,
         workers=args.workers, progress=not args.no_progress, cross_instance=args.cross_instance,
         pseudo_labels=args.pseudo_labels, pose_gt=args.pose_gt, freeze=tuple(args.freeze),
+        render_pose=args.render_pose,
     )
     try:
         adapt(cfg)
@@ -308,8 +309,12 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
+RENDER_POSE_HELP = ("the pose of the render-and-compare terms: head (the regressed pose, the reference) or fit (the "
+                    "pose of the network's own correspondences on the depth; the head then gets no render gradient)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .weights import CATEGORIES, LOSS_NAMES, PARAM_GROUPS
+    from .weights import CATEGORIES, LOSS_NAMES, PARAM_GROUPS, RENDER_POSES
 
     p = argparse.ArgumentParser(prog="python -m cse_train", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -347,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the pose-head term under synthetic-gt supervision (0 = off)")
     t.add_argument("--freeze", nargs="*", default=[], choices=PARAM_GROUPS,
                    help="parameter groups held fixed (e.g. all but pose: a head-only phase)")
+    t.add_argument("--render-pose", dest="render_pose", default="head", choices=RENDER_POSES,
+                   help=RENDER_POSE_HELP)
     t.add_argument("--dino-weights", dest="dino_weights")
     t.add_argument("--cross-instance", dest="cross_instance", default="auto",
                    choices=("auto", "dino", "features", "off"),
@@ -492,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --pseudo-labels: weight of the pose-head term towards those labels (0 = off)")
     a.add_argument("--freeze", nargs="*", default=[], choices=PARAM_GROUPS,
                    help="parameter groups held fixed (e.g. mean_v shape features backbone: train the pose head only)")
+    a.add_argument("--render-pose", dest="render_pose", default="head", choices=RENDER_POSES,
+                   help=RENDER_POSE_HELP)
     a.add_argument("--no-progress", dest="no_progress", action="store_true")
     a.set_defaults(func=_cmd_adapt)
     return p

@@ -452,6 +452,7 @@ class AdaptConfig:
         pose_gt: with ``pseudo_labels``, weight of the pose-head term towards those labels
             (:class:`cse_train.train.TrainConfig`).
         freeze: parameter groups held fixed (``TrainConfig.freeze``).
+        render_pose: the pose the render-and-compare terms use, ``head`` or ``fit`` (``TrainConfig.render_pose``).
         holdout: fraction of each video's frames (its end) held out for the before/after figures.
         eval_frames: at most this many held-out frames are evaluated (None: all).
         fp16_weights: store the adapted ONNX weights as float16 like the shipped files.
@@ -481,6 +482,7 @@ class AdaptConfig:
     pseudo_labels: bool = False
     pose_gt: float = 0.0
     freeze: tuple[str, ...] = ()
+    render_pose: str = "head"
 
 
 @dataclass
@@ -570,7 +572,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         checkpoint_every=max(cfg.steps, 1), log_every=max(1, min(10, cfg.steps)), render_size=cfg.render_size,
         disable=tuple(cfg.disable), workers=cfg.workers, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
         tensorboard=False, matcher_grid=cfg.matcher_grid, matcher_k=cfg.matcher_k, cross_instance=cfg.cross_instance,
-        pose_gt=cfg.pose_gt, freeze=tuple(cfg.freeze),
+        pose_gt=cfg.pose_gt, freeze=tuple(cfg.freeze), render_pose=cfg.render_pose,
     )
     result = train(tcfg)
     onnx_path = export_from_checkpoint(
@@ -585,7 +587,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
                "train_s": result.wall_s, "images_per_s": result.images_per_s, "loss_fixed_first":
                result.first_avg_fixed, "loss_fixed_last": result.last_avg_fixed, "holdout": cfg.holdout,
                "ground_truth": with_gt, "pseudo_labels": labels, "disable": list(cfg.disable),
-               "freeze": list(cfg.freeze), "pose_gt": cfg.pose_gt, "before": before,
+               "freeze": list(cfg.freeze), "pose_gt": cfg.pose_gt, "render_pose": cfg.render_pose, "before": before,
                "after": after, "wall_s": time.perf_counter() - t0}
     (out / "adapt.json").write_text(json.dumps(figures, indent=1, default=float))
     print(f"adapted {cfg.category}: {model_path} -> {onnx_path} ({cfg.steps} steps, {result.wall_s:.0f} s)")

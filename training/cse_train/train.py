@@ -49,6 +49,7 @@ from .render import DEPTH, SOFT_TEXTURE, render, vertex_visibility
 from .weights import (
     LOSS_NAMES,
     PARAM_GROUPS,
+    RENDER_POSES,
     category_config,
     clip_gradients,
     nan_guard,
@@ -98,6 +99,9 @@ class TrainConfig:
         pose_gt: weight of the pose-head term under ``synthetic-gt`` (``losses.pose_head_gt_loss``; 0 = off,
             as the shipped models were trained): the regressed pose, which every render-and-compare term uses,
             trained towards the labels.
+        render_pose: the pose of the render-and-compare terms and the 3D->2D cycle: ``head`` (the regressed
+            pose, the reference) or ``fit`` (the pose of the network's own correspondences on the depth,
+            :func:`fitted_render_pose`; a deviation for fine-tuning a model whose head is far off).
         dino_weights: DINO ViT-S/8 weights file: DINO for cross-time and cross-instance pairs; without it
             cross-time pairs use Farneback flow and the cross-instance term is skipped (unless
             ``cross_instance`` is ``features``).
@@ -144,6 +148,7 @@ class TrainConfig:
     lr: float = 1e-4
     supervision: str = "self"
     pose_gt: float = 0.0
+    render_pose: str = "head"
     dino_weights: str | None = None
     cross_instance: str = "auto"
     backbone_weights: str | None = None
@@ -170,6 +175,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {self.supervision!r}")
+        if self.render_pose not in RENDER_POSES:
+            raise ValueError(f"render_pose must be one of {RENDER_POSES}, got {self.render_pose!r}")
         if self.dataset not in ("wild6d", "real275"):
             raise ValueError(f"dataset must be 'wild6d' or 'real275', got {self.dataset!r}")
         if self.ddp_videos not in ("shard", "shared"):
@@ -323,6 +330,95 @@ def canonical_azimuth(R_gt: Tensor, t_gt: Tensor) -> Tensor:
     return R_gt @ R_y
 
 
+def cell_points_cam(
+    depth_m: Tensor, mask: Tensor, K_crop: Tensor, grid: int, min_fraction: float = 0.25
+) -> tuple[Tensor, Tensor]:
+    """Mean camera-frame point of each grid cell's valid pixels (mask and depth), in metres.
+
+    depth_m [B,1,S,S] (0 invalid), mask [B,1,S,S], K_crop [B,3,3] (pixel centre at i + 0.5) ->
+    (points [B,G,G,3] camera frame, metres; valid [B,G,G] bool: at least ``min_fraction`` of the cell's pixels).
+    """
+    b, _, s, _ = depth_m.shape
+    dev, dt = depth_m.device, depth_m.dtype
+    z = depth_m[:, 0]
+    valid_px = (mask[:, 0] > 0.5) & (z > 0)
+    u = torch.arange(s, device=dev, dtype=dt) + 0.5
+    fx, fy = K_crop[:, 0, 0].view(b, 1, 1), K_crop[:, 1, 1].view(b, 1, 1)
+    cx, cy = K_crop[:, 0, 2].view(b, 1, 1), K_crop[:, 1, 2].view(b, 1, 1)
+    x = (u.view(1, 1, s) - cx) / fx * z
+    y = (u.view(1, s, 1) - cy) / fy * z
+    p_cam = torch.stack([x, y, z], dim=1)  # [B,3,S,S]
+    stride = s // grid
+    w = valid_px.to(dt).unsqueeze(1)  # [B,1,S,S]
+    num = F.avg_pool2d(p_cam * w, stride)
+    den = F.avg_pool2d(w, stride)
+    return (num / den.clamp(min=1e-6)).permute(0, 2, 3, 1), den[:, 0] >= min_fraction
+
+
+def weighted_umeyama(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched weighted similarity ``dst ~ s R src + t`` (Umeyama 1991, reflection fixed).
+
+    src, dst [B,P,3], weights [B,P] (>= 0; a row of zeros gives the identity) -> (s [B], R [B,3,3], t [B,3]).
+    """
+    w = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    mu_s = torch.einsum("bp,bpi->bi", w, src)
+    mu_d = torch.einsum("bp,bpi->bi", w, dst)
+    xs, xd = src - mu_s.unsqueeze(1), dst - mu_d.unsqueeze(1)
+    var_s = torch.einsum("bp,bp->b", w, (xs * xs).sum(-1)).clamp_min(1e-12)
+    cov = torch.einsum("bp,bpi,bpj->bij", w, xd, xs)
+    U, S, Vh = torch.linalg.svd(cov)
+    d = torch.sign(torch.linalg.det(U) * torch.linalg.det(Vh))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    D = torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1)  # [B,3]
+    R = U @ torch.diag_embed(D) @ Vh
+    scale = (S * D).sum(-1) / var_s
+    t = mu_d - scale.unsqueeze(-1) * torch.einsum("bij,bj->bi", R, mu_s)
+    return scale, R, t
+
+
+@torch.no_grad()
+def fitted_render_pose(
+    match: Tensor,
+    confidence: Tensor,
+    depth_m: Tensor,
+    mask: Tensor,
+    K_crop: Tensor,
+    iterations: int = 3,
+    min_cells: int = 8,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The pose the correspondences themselves give, for the render-and-compare terms (``render_pose='fit'``).
+
+    A confidence-weighted Umeyama from each cell's predicted canonical point to its back-projected depth,
+    re-weighted ``iterations`` times by ``1 / (1 + (r / 2 median r)^2)`` (r: the cell's residual) so that a
+    few wrong cells do not drag it: the solver's pose in spirit (the node's RANSAC is not differentiable
+    and need not be; this pose is detached).
+
+    Args:
+        match: [B,G,G,3] canonical points per cell. confidence: [B,G,G] in [0, 1].
+        depth_m, mask: [B,1,S,S] (metres; 0 = invalid). K_crop: [B,3,3].
+        min_cells: items with fewer valid cells get ``ok = False`` (their caller keeps another pose).
+
+    Returns:
+        (R [B,3,3], t [B,3] camera frame in canonical units, i.e. ``v_cam = R v + t`` up to the metric scale,
+        ok [B] bool).
+    """
+    g = match.shape[1]
+    p_cam, valid = cell_points_cam(depth_m, mask, K_crop, g)
+    valid = valid & (L.downsample_mask(mask, g))
+    src, dst = match.flatten(1, 2), p_cam.flatten(1, 2)  # [B,P,3]
+    w0 = confidence.flatten(1).clamp_min(0.0) * valid.flatten(1).to(match.dtype)
+    w = w0
+    scale, R, t = weighted_umeyama(src, dst, w)
+    for _ in range(iterations):
+        r = (dst - scale.view(-1, 1, 1) * torch.einsum("bij,bpj->bpi", R, src) - t.unsqueeze(1)).norm(dim=-1)
+        r_valid = torch.where(w0 > 0, r, torch.full_like(r, float("nan")))
+        sigma = 2.0 * torch.nanmedian(r_valid, dim=1).values.nan_to_num(1.0).clamp_min(1e-4)
+        w = w0 / (1.0 + (r / sigma.unsqueeze(1)) ** 2)
+        scale, R, t = weighted_umeyama(src, dst, w)
+    ok = ((w0 > 0).sum(dim=1) >= min_cells) & (scale > 1e-6) & torch.isfinite(t).all(dim=-1)
+    return R, t / scale.clamp_min(1e-6).unsqueeze(-1), ok
+
+
 def gt_canonical_grid(
     depth_m: Tensor,
     mask: Tensor,
@@ -354,26 +450,13 @@ def gt_canonical_grid(
         (coords [B,G,G,3], valid [B,G,G] bool, R_can [B,3,3], t_can [B,3] metres, scale [B] metres per
         canonical unit) with ``p_cam = scale * R_can @ p_can + t_can``.
     """
-    b, _, s, _ = depth_m.shape
+    b = depth_m.shape[0]
     dev, dt = depth_m.device, depth_m.dtype
-    z = depth_m[:, 0]
-    valid_px = (mask[:, 0] > 0.5) & (z > 0)
-    u = torch.arange(s, device=dev, dtype=dt) + 0.5
-    fx, fy = K_crop[:, 0, 0].view(b, 1, 1), K_crop[:, 1, 1].view(b, 1, 1)
-    cx, cy = K_crop[:, 0, 2].view(b, 1, 1), K_crop[:, 1, 2].view(b, 1, 1)
-    x = (u.view(1, 1, s) - cx) / fx * z
-    y = (u.view(1, s, 1) - cy) / fy * z
-    p_cam = torch.stack([x, y, z], dim=-1)  # [B,S,S,3]
+    p_cam, valid = cell_points_cam(depth_m, mask, K_crop, grid, min_fraction)  # cell means: affine maps commute
     p_obj = torch.einsum("bji,bhwj->bhwi", R_gt, p_cam - t_gt.view(b, 1, 1, 3))  # R^T (p - t)
     k = prior_extent.max() / size_gt.max(dim=-1).values.clamp(min=1e-6)  # [B]
     Bm = base_rotation.to(dev, dt)
-    p_can = prior_center.view(1, 1, 1, 3) + k.view(b, 1, 1, 1) * (p_obj @ Bm)  # B^T p  (row form p @ B)
-    stride = s // grid
-    w = valid_px.to(dt).unsqueeze(1)  # [B,1,S,S]
-    num = F.avg_pool2d(p_can.permute(0, 3, 1, 2) * w, stride)
-    den = F.avg_pool2d(w, stride)
-    coords = (num / den.clamp(min=1e-6)).permute(0, 2, 3, 1)
-    valid = den[:, 0] >= min_fraction
+    coords = prior_center.view(1, 1, 1, 3) + k.view(b, 1, 1, 1) * (p_obj @ Bm)  # B^T p  (row form p @ B)
     R_can = R_gt @ Bm
     scale = 1.0 / k
     t_can = t_gt - scale.view(b, 1) * torch.einsum("bij,j->bi", R_can, prior_center.to(dev, dt))
@@ -397,6 +480,9 @@ class LossModule(nn.Module):
         matcher_grid, matcher_k: see :class:`TrainConfig`.
         jitter: colour jitter on/off.
         supervision: ``self`` or ``synthetic-gt``.
+        render_pose: ``head`` (the regressed pose, the reference) or ``fit`` (:func:`fitted_render_pose`, the
+            pose of the network's own correspondences and the depth; the pose head then gets no gradient from
+            the render terms).
     """
 
     def __init__(
@@ -411,8 +497,12 @@ class LossModule(nn.Module):
         matcher_k: int = 200,
         jitter: bool = True,
         supervision: str = "self",
+        render_pose: str = "head",
     ) -> None:
         super().__init__()
+        if render_pose not in RENDER_POSES:
+            raise ValueError(f"render_pose must be one of {RENDER_POSES}, got {render_pose!r}")
+        self.render_pose = render_pose
         self.model = model
         self.render_size = int(render_size)
         self.symmetry_samples = int(symmetry_samples)
@@ -450,12 +540,19 @@ class LossModule(nn.Module):
         # 1. forward on the jittered crop; the grid mask is the legacy-nearest downsample of the crop mask
         mask_g = L.downsample_mask(mask, g)  # [B,G,G] bool
         rgb_in = color_jitter(rgb) if self.jitter else rgb
-        out = m(rgb_in, mask_g.unsqueeze(1).to(rgb.dtype), K_ndc)
+        fit = self.render_pose == "fit"
+        out = m(rgb_in, mask_g.unsqueeze(1).to(rgb.dtype), K_ndc, with_confidence=fit)
 
-        # 2. renders with the regressed pose (canonical units, camera frame)
+        # 2. renders with the regressed pose, or the correspondences' own (canonical units, camera frame)
+        R_r, t_r = out.R, out.t
+        if fit:
+            assert out.confidence is not None
+            R_fit, t_fit, ok = fitted_render_pose(out.match, out.confidence, depth, mask, K_crop)
+            R_r = torch.where(ok.view(-1, 1, 1), R_fit, R_r)
+            t_r = torch.where(ok.view(-1, 1), t_fit, t_r)
         sr = self.render_size
         K_r = render_intrinsics(K_crop, s, sr)
-        v_cam = torch.einsum("bij,bnj->bni", out.R, out.vertices) + out.t.unsqueeze(1)  # [B,N,3]
+        v_cam = torch.einsum("bij,bnj->bni", R_r, out.vertices) + t_r.unsqueeze(1)  # [B,N,3]
         if sr != s:
             rgb_r = F.interpolate(rgb, size=(sr, sr), mode="area")
             mask_r = F.interpolate(mask, size=(sr, sr), mode="nearest")[:, 0]
@@ -482,7 +579,7 @@ class LossModule(nn.Module):
                 out.match, geo.hard_attributes, geo.mask.to(rgb.dtype), mask_r, alpha_threshold=0.5
             )
         if "imatch" in on:
-            terms["imatch"] = L.instance_cycle_3d2d_loss(out.imatch, out.vertices, out.R, out.t, K_ndc, visibility)
+            terms["imatch"] = L.instance_cycle_3d2d_loss(out.imatch, out.vertices, R_r, t_r, K_ndc, visibility)
         if "cross_cycle" in on and self.cross_time is not None:
             terms["cross_cycle"] = self._cross_cycle(rgb, mask, out, visibility)
         if "rotation_cycle" in on:
@@ -788,7 +885,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     symmetry_samples = cfg.symmetry_samples or (10000 if device.type == "cuda" else 1000)
     loss_module = LossModule(
         model, cfg.render_size or mcfg.crop_size, symmetry_samples, matchers.cross_time, matchers.cross_instance,
-        cfg.frames_per_video, cfg.matcher_grid, cfg.matcher_k, cfg.jitter, cfg.supervision,
+        cfg.frames_per_video, cfg.matcher_grid, cfg.matcher_k, cfg.jitter, cfg.supervision, cfg.render_pose,
     ).to(device)
     step_module: nn.Module = loss_module
     if distributed:

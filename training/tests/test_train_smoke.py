@@ -161,7 +161,17 @@ GRADIENT_ROUTES: dict[str, set[str]] = {
 }
 
 
-def test_each_loss_term_reaches_the_parameters_it_should(tiny_data: Path) -> None:
+#: With ``render_pose='fit'`` the renders and the 3D->2D cycle use the correspondences' own (detached) pose:
+#: the pose head gets no gradient from them, everything else is routed as above.
+FIT_ROUTES: dict[str, set[str]] = {
+    name: groups - {"pose"} if name in ("mask", "depth", "texture", "imatch") else groups
+    for name, groups in GRADIENT_ROUTES.items()
+}
+
+
+@pytest.mark.parametrize(("render_pose", "routes"), [("head", GRADIENT_ROUTES), ("fit", FIT_ROUTES)])
+def test_each_loss_term_reaches_the_parameters_it_should(tiny_data: Path, render_pose: str,
+                                                         routes: dict[str, set[str]]) -> None:
     """Every term of the loss, back-propagated alone on one batch, moves exactly its parameter groups."""
     from cse_train.data.batching import VideoBatchSampler
     from cse_train.matchers import build_matchers
@@ -175,9 +185,9 @@ def test_each_loss_term_reaches_the_parameters_it_should(tiny_data: Path) -> Non
     batch = dataset.collate([dataset[i] for i in next(iter(VideoBatchSampler(dataset.video_items, 2, 2, 1)))])
     matchers = build_matchers(None, cross_instance="features")
     losses = LossModule(model, 32, 200, matchers.cross_time, matchers.cross_instance, 2, 16, 32, False,
-                        "synthetic-gt")
+                        "synthetic-gt", render_pose)
     _, terms = losses(batch, dict.fromkeys((*LOSS_NAMES, "synthetic_gt"), 1.0))
-    assert set(terms) == set(GRADIENT_ROUTES)
+    assert set(terms) == set(routes)
     groups = build_param_groups(model, "mug", 1e-4)
     for name, term in terms.items():
         model.zero_grad(set_to_none=True)
@@ -185,7 +195,50 @@ def test_each_loss_term_reaches_the_parameters_it_should(tiny_data: Path) -> Non
             term.backward(retain_graph=True)
         reached = {g["name"] for g in groups
                    if any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in g["params"])}
-        assert reached == GRADIENT_ROUTES[name], (name, reached)
+        assert reached == routes[name], (name, reached)
+
+
+def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Path) -> None:
+    """The correspondences' own pose (render_pose='fit'): with every cell at its true canonical point the fit
+    is the ground-truth similarity; a fifth of the cells sent to random points barely moves it, where a plain
+    unweighted fit is dragged off."""
+    from cse_train.data.wild6d import Wild6DDataset
+    from cse_train.train import cell_points_cam, fitted_render_pose, weighted_umeyama
+
+    ds = Wild6DDataset(tiny_data, split="train", crop_size=64, return_gt=True)
+    batch = ds.collate([ds[1], ds[7]])
+    prior = CSENet.from_category("mug", get_config("small", **TINY)).mean_v.detach()
+    lo, hi = prior.min(0).values, prior.max(0).values
+    coords, valid, R, t, s = gt_canonical_grid(
+        batch["depth_m"], batch["mask"], batch["K_crop"], batch["R"], batch["t"], batch["size"],
+        0.5 * (lo + hi), hi - lo, torch.eye(3), 16,
+    )
+    t_units = t / s.view(2, 1)  # v_cam = R v + t / s, canonical units
+
+    def errors(R_fit: torch.Tensor, t_fit: torch.Tensor) -> tuple[float, float]:
+        cos = ((torch.einsum("bij,bij->b", R, R_fit) - 1.0) / 2.0).clamp(-1.0, 1.0)
+        return float(torch.rad2deg(torch.acos(cos)).max()), float((t_fit - t_units).norm(dim=-1).max())
+
+    conf = valid.float()
+    R_fit, t_fit, ok = fitted_render_pose(coords, conf, batch["depth_m"], batch["mask"], batch["K_crop"])
+    assert ok.all()
+    rot, trans = errors(R_fit, t_fit)
+    assert rot < 0.5 and trans < 0.01 * float(t_units.norm(dim=-1).min()), (rot, trans)
+
+    g = torch.Generator().manual_seed(0)
+    wrong = (torch.rand(valid.shape, generator=g) < 0.2) & valid
+    noisy = torch.where(wrong.unsqueeze(-1), lo + (hi - lo) * torch.rand(coords.shape, generator=g), coords)
+    R_fit, t_fit, ok = fitted_render_pose(noisy, conf, batch["depth_m"], batch["mask"], batch["K_crop"])
+    robust = errors(R_fit, t_fit)
+    p_cam, _ = cell_points_cam(batch["depth_m"], batch["mask"], batch["K_crop"], 16)
+    _, R_plain, _ = weighted_umeyama(noisy.flatten(1, 2), p_cam.flatten(1, 2), conf.flatten(1))
+    plain = errors(R_plain, t_fit)[0]
+    print(f"rotation error with 20 % wrong cells: re-weighted {robust[0]:.2f} deg, plain {plain:.2f} deg")
+    assert ok.all() and robust[0] < 3.0 and robust[0] < 0.5 * plain, (robust, plain)
+    # too few cells: flagged, so the caller keeps the head's pose
+    few = torch.zeros_like(conf)
+    few[:, 0, :4] = 1.0
+    assert not fitted_render_pose(coords, few, batch["depth_m"], batch["mask"], batch["K_crop"])[2].any()
 
 
 def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
@@ -242,8 +295,14 @@ def test_cli_parses_every_subcommand() -> None:
     assert p.parse_args(["export", "--checkpoint", "c.pt"]).out_dir == "models"
     assert p.parse_args(["generate", "--out", "o", "--category", "bowl"]).videos == 10
     assert p.parse_args(["smoke"]).steps == 250
+    assert p.parse_args(["train", "--category", "mug", "--data", "d"]).render_pose == "head"
+    assert p.parse_args(["adapt", "--category", "mug", "--data", "d", "--render-pose", "fit"]).render_pose == "fit"
     with pytest.raises(SystemExit):
         p.parse_args(["train", "--category", "teapot", "--data", "d"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["adapt", "--category", "mug", "--data", "d", "--render-pose", "gt"])
+    with pytest.raises(ValueError, match="render_pose"):
+        TrainConfig(category="mug", data="d", render_pose="gt")
 
 
 def test_canonical_azimuth_puts_the_camera_in_the_yz_half_plane() -> None:
