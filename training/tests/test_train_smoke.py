@@ -220,7 +220,7 @@ def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Pat
         return float(torch.rad2deg(torch.acos(cos)).max()), float((t_fit - t_units).norm(dim=-1).max())
 
     conf = valid.float()
-    R_fit, t_fit, ok = fitted_render_pose(coords, conf, batch["depth_m"], batch["mask"], batch["K_crop"])
+    R_fit, t_fit, ok = fitted_render_pose(coords, conf, None, batch["depth_m"], batch["mask"], batch["K_crop"])
     assert ok.all()
     rot, trans = errors(R_fit, t_fit)
     assert rot < 0.5 and trans < 0.01 * float(t_units.norm(dim=-1).min()), (rot, trans)
@@ -228,7 +228,9 @@ def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Pat
     g = torch.Generator().manual_seed(0)
     wrong = (torch.rand(valid.shape, generator=g) < 0.2) & valid
     noisy = torch.where(wrong.unsqueeze(-1), lo + (hi - lo) * torch.rand(coords.shape, generator=g), coords)
-    R_fit, t_fit, ok = fitted_render_pose(noisy, conf, batch["depth_m"], batch["mask"], batch["K_crop"])
+    # snapped to a "mesh" of the true cell points: wrong cells land on some surface point, right ones stay
+    mesh = torch.where(valid.unsqueeze(-1), coords, coords[valid][:1].view(1, 1, 1, 3)).flatten(1, 2)
+    R_fit, t_fit, ok = fitted_render_pose(noisy, conf, mesh, batch["depth_m"], batch["mask"], batch["K_crop"])
     robust = errors(R_fit, t_fit)
     p_cam, _ = cell_points_cam(batch["depth_m"], batch["mask"], batch["K_crop"], 16)
     _, R_plain, _ = weighted_umeyama(noisy.flatten(1, 2), p_cam.flatten(1, 2), conf.flatten(1))
@@ -238,7 +240,7 @@ def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Pat
     # too few cells: flagged, so the caller keeps the head's pose
     few = torch.zeros_like(conf)
     few[:, 0, :4] = 1.0
-    assert not fitted_render_pose(coords, few, batch["depth_m"], batch["mask"], batch["K_crop"])[2].any()
+    assert not fitted_render_pose(coords, few, None, batch["depth_m"], batch["mask"], batch["K_crop"])[2].any()
 
 
 def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
