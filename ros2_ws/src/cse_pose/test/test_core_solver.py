@@ -125,6 +125,31 @@ def test_outlier_free_noise_stops_at_the_ransac_bound(noise_m):
     assert rotation_error_deg(res.R, R) < 0.5 and np.linalg.norm(res.t - t) < 0.002 and abs(res.scale / s - 1) < 0.01
 
 
+def test_soft_refit_uses_the_noise_tails_the_hard_cut_drops():
+    """Noise at 0.6 threshold plus 20 % gross outliers: the hard inlier refit fits only the pairs inside the
+    threshold; the soft refit (default) also weighs the tails and ignores the outliers, so over 40 problems its
+    median translation and rotation errors are clearly lower (measured 1.08 -> 0.58 mm, 0.63 -> 0.33 deg)."""
+    hard_t, soft_t, hard_r, soft_r = [], [], [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        src, dst, (s, R, t), _ = similarity_problem(rng, 300, noise_m=0.006)
+        bad = rng.random(300) < 0.2
+        dst[bad] += rng.normal(0, 0.05, (int(bad.sum()), 3))
+        hard = ransac_umeyama(src, dst, threshold_m=0.01, soft_refit_iterations=0)
+        soft = ransac_umeyama(src, dst, threshold_m=0.01)
+        # the support (what the quality is made of) is the hard refit's; only the similarity moves
+        assert np.array_equal(soft.inliers, hard.inliers) and soft.rms_m == hard.rms_m
+        assert not soft.inliers[bad & (np.linalg.norm(dst - (s * src @ R.T + t), axis=1) > 0.03)].any()
+        hard_t.append(np.linalg.norm(hard.t - t))
+        soft_t.append(np.linalg.norm(soft.t - t))
+        hard_r.append(rotation_error_deg(hard.R, R))
+        soft_r.append(rotation_error_deg(soft.R, R))
+    print(f"median translation {1e3 * np.median(hard_t):.2f} -> {1e3 * np.median(soft_t):.2f} mm, rotation "
+          f"{np.median(hard_r):.2f} -> {np.median(soft_r):.2f} deg (hard inlier refit -> soft refit)")
+    assert np.median(soft_t) < 0.8 * np.median(hard_t)
+    assert np.median(soft_r) < 0.8 * np.median(hard_r)
+
+
 def test_ransac_bound_values():
     assert ransac_bound(0.5, 0.99) == pytest.approx(np.log(0.01) / np.log(1 - 0.125))
     assert ransac_bound(1.0, 0.999) == 1.0 and ransac_bound(0.0, 0.999) == float("inf")
