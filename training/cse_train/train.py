@@ -358,7 +358,8 @@ def cell_points_cam(
 def weighted_umeyama(src: Tensor, dst: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Batched weighted similarity ``dst ~ s R src + t`` (Umeyama 1991, reflection fixed).
 
-    src, dst [B,P,3], weights [B,P] (>= 0; a row of zeros gives the identity) -> (s [B], R [B,3,3], t [B,3]).
+    src, dst [B,P,3], weights [B,P] (>= 0; a row of zeros gives scale 0, which callers must reject) ->
+    (s [B], R [B,3,3], t [B,3]).
     """
     w = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
     mu_s = torch.einsum("bp,bpi->bi", w, src)
@@ -396,8 +397,8 @@ def fitted_render_pose(
 
     Each cell's point is first snapped to its nearest mesh vertex: ``match`` is a soft expectation over the
     vertices, pulled inside the surface, so the fit's scale comes out too large and the render too big (shipped
-    mug, lit adaptation frames: rendered silhouette / observed mask area 1.10 median, 0.97 snapped), and the
-    mask term then shrinks the mesh, which shrinks ``match`` further.
+    mug, lit adaptation frames: rendered silhouette / observed mask area 1.10 median, 0.97 snapped); the mask
+    term then pushes the mesh to shrink, and adaptation with the unsnapped fit lost more (docs/adaptation.md).
 
     Args:
         match: [B,G,G,3] canonical points per cell. confidence: [B,G,G] in [0, 1].
