@@ -202,17 +202,9 @@ def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Pat
     """The correspondences' own pose (render_pose='fit'): with every cell at its true canonical point the fit
     is the ground-truth similarity; a fifth of the cells sent to random points barely moves it, where a plain
     unweighted fit is dragged off."""
-    from cse_train.data.wild6d import Wild6DDataset
     from cse_train.train import cell_points_cam, fitted_render_pose, weighted_umeyama
 
-    ds = Wild6DDataset(tiny_data, split="train", crop_size=64, return_gt=True)
-    batch = ds.collate([ds[1], ds[7]])
-    prior = CSENet.from_category("mug", get_config("small", **TINY)).mean_v.detach()
-    lo, hi = prior.min(0).values, prior.max(0).values
-    coords, valid, R, t, s = gt_canonical_grid(
-        batch["depth_m"], batch["mask"], batch["K_crop"], batch["R"], batch["t"], batch["size"],
-        0.5 * (lo + hi), hi - lo, torch.eye(3), 16,
-    )
+    batch, (lo, hi), (coords, valid, R, t, s) = _gt_grid(tiny_data, (1, 7))
     t_units = t / s.view(2, 1)  # v_cam = R v + t / s, canonical units
 
     def errors(R_fit: torch.Tensor, t_fit: torch.Tensor) -> tuple[float, float]:
@@ -243,17 +235,23 @@ def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Pat
     assert not fitted_render_pose(coords, few, None, batch["depth_m"], batch["mask"], batch["K_crop"])[2].any()
 
 
-def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
+def _gt_grid(data: Path, items: tuple[int, ...]):  # noqa: ANN202 (test helper)
+    """A batch of ``items`` (crop 64), the TINY prior's box (lo, hi) and ``gt_canonical_grid`` on a 16 grid."""
     from cse_train.data.wild6d import Wild6DDataset
 
-    ds = Wild6DDataset(tiny_data, split="train", crop_size=64, return_gt=True)
-    batch = ds.collate([ds[0], ds[5]])
+    ds = Wild6DDataset(data, split="train", crop_size=64, return_gt=True)
+    batch = ds.collate([ds[i] for i in items])
     prior = CSENet.from_category("mug", get_config("small", **TINY)).mean_v.detach()
     lo, hi = prior.min(0).values, prior.max(0).values
-    coords, valid, R, t, s = gt_canonical_grid(
+    grid = gt_canonical_grid(
         batch["depth_m"], batch["mask"], batch["K_crop"], batch["R"], batch["t"], batch["size"],
         0.5 * (lo + hi), hi - lo, torch.eye(3), 16,
     )
+    return batch, (lo, hi), grid
+
+
+def test_gt_canonical_grid_lands_in_the_prior_box(tiny_data: Path) -> None:
+    batch, (lo, hi), (coords, valid, R, t, s) = _gt_grid(tiny_data, (0, 5))
     assert coords.shape == (2, 16, 16, 3) and valid.shape == (2, 16, 16) and valid.sum() > 20
     pts = coords[valid]
     margin = 0.08 * (hi - lo).max()  # depth noise and cell averaging
