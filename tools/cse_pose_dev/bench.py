@@ -76,7 +76,8 @@ from typing import Any
 import numpy as np
 
 #: Columns of the table, in order (``e2e`` last). "select" = confidence threshold + pixel selection.
-STAGES: tuple[str, ...] = ("decode", "crop", "model", "select", "lift", "solve", "pose", "verify", "publish")
+STAGES: tuple[str, ...] = ("decode", "crop", "model", "select", "lift", "solve", "pose", "verify", "refine",
+                           "publish")
 E2E = "e2e"
 #: Row of the node path with pose verification (``cse_pose.verify``) on; its ``verify`` column is the cost.
 VERIFY_LABEL = "verify"
@@ -1192,7 +1193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(results, labels, args.objects))
         print(
             "(ms; select = confidence threshold + pixel selection, lift = back-projection, pose = box and "
-            "published pose, verify = render-and-compare pose verification (row 'verify' only), "
+            "published pose, verify = render-and-compare pose verification (row 'verify' only), refine = ICP "
+            "against the observed depth (node default refine_categories: the mug), "
             "publish = the node's message build and publish; e2e = the node's whole frame callback; "
             "'-' = no such stage)"
         )

@@ -24,7 +24,7 @@ One function, :func:`evaluate`, with an :class:`EvalMode` selecting the baseline
 ==================== =============== ========== ===============================================================
 name                 correspondences solver     what it measures
 ==================== =============== ========== ===============================================================
-``pipeline``         model           ransac     the node: confidence filter + RANSAC-Umeyama (default)
+``pipeline``         model           ransac     the node: confidence filter + RANSAC-Umeyama (+ ICP, default)
 ``pose_head``        --              pose_head  the training-time pose regressor alone (torch model, or an
                                                 ONNX export's extra pose outputs); metric scale from
                                                 rendered vs observed depth
@@ -542,6 +542,8 @@ def evaluate(
         if mode.solver == "umeyama":
             runner = UniformConfidence(runner)
             params = replace(params, ransac_threshold_m=1e3, min_quality=0.0)
+        if isinstance(getattr(runner, "inner", runner), GTCorrespondenceBackend):
+            params = replace(params, refine_categories=())  # its "prior" is the ground-truth box: no ICP surface
         pipeline = PosePipeline({category: runner}, params)
 
     errors: list[PoseErrors | None] = []

@@ -66,7 +66,7 @@ EVAL_SPLITS: dict[str, str] = {
 }
 #: Evaluation modes in table order, with the label the cards use.
 BASELINE_LABELS: dict[str, str] = {
-    "pipeline": "ours (confidence filter + RANSAC)",
+    "pipeline": "ours (the node's pipeline)",
     "pose_head": "(a) pose regressor head alone",
     "umeyama_all": "(b) plain Umeyama on all correspondences (reference behaviour)",
     "gt_correspondences": "(c) ground-truth correspondences, same solver (upper bound)",

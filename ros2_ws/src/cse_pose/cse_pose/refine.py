@@ -1,8 +1,9 @@
-"""Optional ICP refinement of a pose against the observed depth (open3d point-to-point ICP).
+"""ICP refinement of a pose against the observed depth (open3d point-to-plane ICP), per category.
 
 Partial observation -> complete model is the well-posed direction: every observed point of the instance has
-a true partner on the predicted (deformed, posed) model surface. Frames: everything in the camera optical
-frame, metres.
+a true partner on the predicted (deformed, posed) model surface. Point-to-plane converges in a few
+iterations where point-to-point creeps (on the mug's validation frames, 20 point-to-point iterations were
+still 0.8 deg median from their own fixed point). Frames: everything in the camera optical frame, metres.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from .core.camera import backproject
 MIN_ICP_FITNESS = 0.5
 #: Fewer observed points than this: no refinement.
 MIN_OBSERVED_POINTS = 10
+#: The observed points are strided to at most this many. ICP's time grows with them (a mug at 0.5 m, 2,599
+#: points: 13.0 ms for 20 point-to-point iterations, 866 points: 2.9 ms); on the mug's validation split
+#: 1,000 points kept the 10deg5cm gain of 3,000 (85.0 vs 84.2 %; 5deg2cm 51.7 vs 54.2).
+MAX_OBSERVED_POINTS = 1000
+#: Points sampled on the model surface (area-weighted, fixed seed).
+SURFACE_SAMPLES = 2000
 
 
 def observed_points(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
-                    max_points: int = 3000) -> np.ndarray:
+                    max_points: int = MAX_OBSERVED_POINTS) -> np.ndarray:
     """(n, 3) camera-frame points (m) of the instance's pixels with valid depth, strided to <= max_points."""
     v, u = np.nonzero((mask == instance_id) & (depth_m > 0))
     if len(u) > max_points:
@@ -27,9 +34,10 @@ def observed_points(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: 
     return backproject(u, v, depth_m[v, u], K)
 
 
-def icp_refine(observed_m: np.ndarray, model_points_m: np.ndarray, max_distance_m: float, iterations: int
-               ) -> tuple[np.ndarray, float]:
-    """Point-to-point ICP (open3d) of the observed points (n, 3) onto the model points (m, 3).
+def icp_refine(observed_m: np.ndarray, model_points_m: np.ndarray, model_normals: np.ndarray,
+               max_distance_m: float, iterations: int) -> tuple[np.ndarray, float]:
+    """Point-to-plane ICP (open3d) of the observed points (n, 3) onto the model points (m, 3) with their
+    unit normals (m, 3).
 
     Returns (T (4, 4) rigid correction to apply to the model: ``p' = T p``, fitness = fraction of observed
     points with a partner within ``max_distance_m``).
@@ -39,32 +47,35 @@ def icp_refine(observed_m: np.ndarray, model_points_m: np.ndarray, max_distance_
     reg = o3d.pipelines.registration
     src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(observed_m, np.float64)))
     dst = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(model_points_m, np.float64)))
+    dst.normals = o3d.utility.Vector3dVector(np.asarray(model_normals, np.float64))
     result = reg.registration_icp(src, dst, float(max_distance_m), np.eye(4),
-                                  reg.TransformationEstimationPointToPoint(with_scaling=False),
+                                  reg.TransformationEstimationPointToPlane(),
                                   reg.ICPConvergenceCriteria(max_iteration=int(iterations)))
     T_obs_to_model = np.asarray(result.transformation)
     return np.linalg.inv(T_obs_to_model), float(result.fitness)
 
 
-def surface_points(vertices: np.ndarray, faces: np.ndarray | None, n: int = 2000, seed: int = 0) -> np.ndarray:
-    """Points on a mesh surface for ICP: the vertices plus ``n`` area-weighted samples on the triangles
-    (fixed seed, so the same mesh gives the same points). vertices (N, 3), faces (F, 3) -> (N + n, 3)."""
+def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int = SURFACE_SAMPLES, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` area-weighted samples on a mesh's triangles and their unit face normals (fixed seed, so the
+    same mesh gives the same points). vertices (N, 3), faces (F, 3) -> points (n, 3), normals (n, 3).
+    Raises ValueError for a mesh without area."""
     v = np.asarray(vertices, np.float64)
-    if faces is None or len(faces) == 0:
-        return v
     tri = v[np.asarray(faces)]  # (F, 3, 3)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not area.sum() > 0:
-        return v
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    double_area = np.linalg.norm(cross, axis=1)
+    if len(tri) == 0 or not double_area.sum() > 0:
+        raise ValueError("the mesh has no area")
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tri), size=n, p=area / area.sum())
+    pick = rng.choice(len(tri), size=n, p=double_area / double_area.sum())
     r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
     w = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)  # uniform barycentric samples
-    return np.concatenate([v, np.einsum("nk,nkd->nd", w, tri[pick])], axis=0)
+    normals = cross[pick] / np.maximum(double_area[pick], 1e-300)[:, None]
+    return np.einsum("nk,nkd->nd", w, tri[pick]), normals
 
 
 def refine_pose(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
-                vertices_cam: np.ndarray, faces: np.ndarray | None, max_distance_m: float, iterations: int
+                vertices_cam: np.ndarray, faces: np.ndarray, max_distance_m: float, iterations: int
                 ) -> tuple[np.ndarray, str]:
     """ICP correction of one instance's posed model against its observed depth.
 
@@ -80,7 +91,7 @@ def refine_pose(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.n
     if len(obs) < MIN_OBSERVED_POINTS:
         return np.eye(4), "too_few_points"
     try:
-        T, fitness = icp_refine(obs, surface_points(vertices_cam, faces), max_distance_m, iterations)
+        T, fitness = icp_refine(obs, *surface_points(vertices_cam, faces), max_distance_m, iterations)
     except Exception as exc:  # noqa: BLE001 - refinement is optional: the caller keeps the unrefined pose
         return np.eye(4), f"refine_failed: {type(exc).__name__}: {exc}"
     if fitness < MIN_ICP_FITNESS:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cse_pose.core.errors import InvalidInputError
 from cse_pose.core.metrics import rotation_error_deg
 from cse_pose.core.rotation import matrix_from_quaternion, random_rotation, slerp
 from cse_pose.instances import instance_classes
-from cse_pose.refine import icp_refine, observed_points, surface_points
+from cse_pose.pipeline import PipelineParams
+from cse_pose.refine import MAX_OBSERVED_POINTS, icp_refine, observed_points, surface_points
 from cse_pose.smoothing import PoseSmoother
 from cse_pose_dev.oracle import default_intrinsics, render_oracle_frame
 
@@ -46,15 +48,29 @@ def test_instance_classes_for_id_and_label_masks():
     assert instance_classes(np.zeros((3, 3), np.uint16), "mug", {}) == {}
 
 
-def test_surface_points_lie_on_the_mesh():
+def test_surface_points_lie_on_the_mesh_with_its_face_normals():
     from cse_pose_dev.oracle import box_mesh
 
-    v, f = box_mesh([2.0, 4.0, 6.0])
-    pts = surface_points(v, f, n=500)
-    assert pts.shape == (len(v) + 500, 3)
-    on_face = np.isclose(np.abs(pts) / [1.0, 2.0, 3.0], 1.0).any(axis=1)  # on one of the six faces
-    assert on_face.all() and (np.abs(pts) <= np.array([1.0, 2.0, 3.0]) + 1e-9).all()
-    np.testing.assert_array_equal(pts, surface_points(v, f, n=500))  # deterministic
+    half = np.array([1.0, 2.0, 3.0])
+    v, f = box_mesh(2 * half)
+    pts, normals = surface_points(v, f, n=500)
+    assert pts.shape == normals.shape == (500, 3)
+    on_face = np.isclose(np.abs(pts) / half, 1.0)  # (500, 3): which face plane each point lies on
+    assert (on_face.sum(axis=1) >= 1).all() and (np.abs(pts) <= half + 1e-9).all()
+    axis = np.abs(normals).argmax(axis=1)
+    np.testing.assert_allclose(np.abs(normals[np.arange(500), axis]), 1.0)  # axis-aligned unit normals
+    assert on_face[np.arange(500), axis].all()  # each normal is its face's
+    again = surface_points(v, f, n=500)
+    np.testing.assert_array_equal(pts, again[0])  # deterministic
+    with pytest.raises(ValueError, match="no area"):
+        surface_points(np.zeros((3, 3)), np.array([[0, 1, 2]]))
+
+
+def test_refine_categories_default_to_the_mug_and_are_checked():
+    assert PipelineParams().refine_categories == ("mug",)
+    assert PipelineParams(refine_categories=["can", "mug"]).refine_categories == ("can", "mug")
+    with pytest.raises(InvalidInputError, match="refine_categories"):
+        PipelineParams(refine_categories=("cup",))
 
 
 def test_icp_refine_recovers_a_small_offset():
@@ -63,14 +79,17 @@ def test_icp_refine_recovers_a_small_offset():
     R, t, size = random_rotation(np.random.default_rng(3)), np.array([0.0, 0.0, 0.5]), np.array([0.1, 0.12, 0.08])
     _, depth, mask = render_oracle_frame(R, t, size, K, W, H)
     obs = observed_points(depth, mask, 1, K)
-    # the model surface: a dense sampling of the true box, shifted by 6 mm (a slightly wrong pose)
-    g = np.linspace(-0.5, 0.5, 21)
-    faces = [np.stack(np.meshgrid(*[g if a != ax else np.array([s]) for a in range(3)], indexing="ij"), -1)
-             .reshape(-1, 3) for ax in range(3) for s in (-0.5, 0.5)]
-    model = (np.concatenate(faces) * size) @ R.T + t + np.array([0.006, -0.003, 0.0])
-    T, fitness = icp_refine(obs, surface_points(model, None), 0.02, 30)
-    corrected = model @ T[:3, :3].T + T[:3, 3]
+    assert MAX_OBSERVED_POINTS // 2 < len(obs) <= MAX_OBSERVED_POINTS < np.count_nonzero(mask == 1)  # strided
+    # the model: the true box turned by 4 deg about its centre and shifted by 6 mm (a slightly wrong pose)
+    from cse_pose_dev.oracle import box_mesh
+
+    v, f = box_mesh(size)
+    turn = matrix_from_quaternion(np.array([0.0, np.sin(np.radians(2.0)), 0.0, np.cos(np.radians(2.0))]))
+    R_wrong, t_wrong = R @ turn, t + np.array([0.006, -0.003, 0.0])
+    T, fitness = icp_refine(obs, *surface_points(v @ R_wrong.T + t_wrong, f), 0.02, 5)
     assert fitness > 0.9
-    assert np.linalg.norm(corrected.mean(0) - (model.mean(0) - [0.006, -0.003, 0.0])) < 0.0015
+    R_fixed, t_fixed = T[:3, :3] @ R_wrong, T[:3, :3] @ t_wrong + T[:3, 3]
+    assert rotation_error_deg(R_wrong, R) > 3.9 and rotation_error_deg(R_fixed, R) < 0.5
+    assert np.linalg.norm(t_fixed - t) < 0.001
 
 

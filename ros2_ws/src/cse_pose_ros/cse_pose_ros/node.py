@@ -70,7 +70,7 @@ from .launch_args import installed_model_dir, share_directory
 from .log_bridge import forward_python_logging, stop_forwarding
 from .markers import build_marker_array, detection_array, pose_array, pose_stamped, tf_child_frame
 from .params import NodeParams, apply_changes, declare_parameters
-from .runner import run_node
+from .runner import Interrupted, run_node
 from .sync import make_subscriber, make_synchronizer
 
 NODE_NAME = "cse_pose_node"
@@ -157,7 +157,7 @@ class PoseNode(Node):
         self._faces = {c: np.asarray(m.info.faces) for c, m in self._models.items()}
         self._meshes = DisplayMeshes(self._faces, {c: neutral_vertices(m) for c, m in self._models.items()})
         self._meshes.faces(self._p.mesh_marker_max_faces)  # decimate now, not in the first frame callback
-        self._open3d_ok = self._p.refine and self._import_open3d()
+        self._open3d_ok = bool(self._p.refine_category_list()) and self._import_open3d()
         self._pipeline = PosePipeline(self._models, self._pipeline_params(self._p)) if self._models else None
 
         reliable = QoSProfile(depth=10)
@@ -193,7 +193,8 @@ class PoseNode(Node):
             ransac_max_hypotheses=p.ransac_iterations,
             min_correspondences=p.min_correspondences, min_inliers=p.min_inliers, min_quality=p.min_quality,
             seed=None if p.ransac_seed < 0 else p.ransac_seed, depth_sampling=p.depth_sampling,
-            refine=p.refine and self._open3d_ok, refine_max_distance_m=p.refine_max_distance_m,
+            refine_categories=p.refine_category_list() if self._open3d_ok else (),
+            refine_max_distance_m=p.refine_max_distance_m,
             refine_iterations=p.refine_iterations, smoothing_alpha=p.smoothing_alpha,
             smoothing_timeout_s=p.smoothing_timeout_s, verify_categories=p.verify_category_list(),
         )
@@ -263,7 +264,9 @@ class PoseNode(Node):
         try:
             import open3d  # noqa: F401
         except ImportError as exc:
-            self.get_logger().error(f"refine=true needs open3d ({exc}); poses are published unrefined")
+            if not self.context.ok():  # a Ctrl-C during the import: open3d's module init turns it into this
+                raise Interrupted from exc
+            self.get_logger().error(f"refine_categories needs open3d ({exc}); poses are published unrefined")
             return False
         self._open3d_ok = True
         return True
@@ -298,8 +301,9 @@ class PoseNode(Node):
         new, reason = apply_changes(self._p, ours)
         if new is None:
             return SetParametersResult(successful=False, reason=reason)
-        if new.refine and not self._open3d_ok and not self._import_open3d():
-            return SetParametersResult(successful=False, reason="refine needs open3d, which is not importable")
+        if new.refine_category_list() and not self._open3d_ok and not self._import_open3d():
+            return SetParametersResult(successful=False,
+                                       reason="refine_categories needs open3d, which is not importable")
         self._log_bridge.throttle_s = new.log_throttle_s
         try:
             pipeline_params = self._pipeline_params(new)

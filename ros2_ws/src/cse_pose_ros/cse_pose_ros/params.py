@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from cse_pose.core.categories import CATEGORIES
 from cse_pose.verify import VERIFIABLE_CATEGORIES
 
 BACKENDS = ("auto", "tensorrt", "cuda", "cpu", "torch")
@@ -124,11 +125,13 @@ PARAMS: tuple[ParamSpec, ...] = (
               "marked untrusted, in the marker text). 0.15: 93 % of the poses it keeps are within 10 deg "
               "and 5 cm on make eval's test splits (half of all poses kept).", low=0.0, high=1.0),
     # --- refinement and smoothing ------------------------------------------------------------------
-    ParamSpec("refine", False,
-              "Refine each trusted pose by point-to-point ICP (open3d) of the observed depth points "
-              "against the predicted mesh."),
+    ParamSpec("refine_categories", "mug",
+              "Comma-separated categories whose poses are refined by point-to-plane ICP (open3d) of "
+              "the observed depth points against the predicted mesh; empty = off. Default mug: 10deg5cm "
+              "73.3 -> 87.5 % on its validation split; no other category gained more than 5 points."),
     ParamSpec("refine_max_distance_m", 0.02, "ICP correspondence distance (m).", low=0.0005, high=0.5),
-    ParamSpec("refine_iterations", 20, "ICP iterations.", low=1, high=500),
+    ParamSpec("refine_iterations", 5, "ICP iterations at most (point-to-plane; it stops earlier once converged).",
+              low=1, high=500),
     ParamSpec("smoothing_alpha", 0.0,
               "Temporal smoothing per instance id: new = alpha * previous + (1 - alpha) * measured, on "
               "translation and rotation (quaternion slerp). 0 = off.", low=0.0, high=0.99),
@@ -196,7 +199,7 @@ class NodeParams:
     ransac_seed: int
     min_inliers: int
     min_quality: float
-    refine: bool
+    refine_categories: str
     refine_max_distance_m: float
     refine_iterations: int
     smoothing_alpha: float
@@ -233,7 +236,11 @@ class NodeParams:
 
     def verify_category_list(self) -> tuple[str, ...]:
         """``verify_categories`` split on commas, blanks dropped."""
-        return tuple(c.strip() for c in self.verify_categories.split(",") if c.strip())
+        return _category_list(self.verify_categories)
+
+    def refine_category_list(self) -> tuple[str, ...]:
+        """``refine_categories`` split on commas, blanks dropped."""
+        return _category_list(self.refine_categories)
 
     def class_map_dict(self) -> dict[int, str]:
         """``class_map`` parsed to {mask label: category}; empty dict when unset (raises ValueError)."""
@@ -305,7 +312,15 @@ def validate(params: NodeParams) -> list[str]:
     unknown = [c for c in params.verify_category_list() if c not in VERIFIABLE_CATEGORIES]
     if unknown:
         problems.append(f"verify_categories: {', '.join(unknown)} not among {', '.join(VERIFIABLE_CATEGORIES)}")
+    unknown = [c for c in params.refine_category_list() if c not in CATEGORIES]
+    if unknown:
+        problems.append(f"refine_categories: {', '.join(unknown)} not among {', '.join(CATEGORIES)}")
     return problems
+
+
+def _category_list(text: str) -> tuple[str, ...]:
+    """A comma-separated category list split, stripped, blanks dropped."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def spec(name: str) -> ParamSpec:

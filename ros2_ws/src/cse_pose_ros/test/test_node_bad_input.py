@@ -8,6 +8,7 @@ called directly): a model whose inference raises, and runtime parameter changes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -343,25 +344,45 @@ def test_runtime_parameter_changes(inproc_node):
     assert node.stats.poses_published == 2
 
 
-def test_icp_refinement_keeps_an_exact_pose_exact(inproc_node, monkeypatch):
+def test_icp_refinement_runs_for_the_listed_categories_and_keeps_an_exact_pose_exact(inproc_node, monkeypatch):
     pytest.importorskip("open3d")
     from rclpy.parameter import Parameter
 
+    import cse_pose.pipeline as pipeline_module
+
     node = inproc_node
-    published = []
+    published, refined = [], []
     monkeypatch.setattr(node._pub_pose, "publish", published.append)
+    real_refine = pipeline_module.refine_pose
+    monkeypatch.setattr(pipeline_module, "refine_pose", lambda *a, **k: refined.append(1) or real_refine(*a, **k))
     rng = np.random.default_rng(7)
     R, t = random_rotation(rng), np.array([0.01, -0.01, 0.6])
     size = 0.06 * np.asarray(DEFAULT_EXTENTS)
     rgb, depth, mask = render_oracle_frame(R, t, size, K, W, H)
     msgs = frame_messages(rgb, depth, mask.astype(np.uint8), K, 12.0, FRAME_ID)
+    assert node.set_parameters([Parameter("refine_categories", value="can")])[0].successful
     node._on_frame(*msgs)
-    assert node.set_parameters([Parameter("refine", value=True)])[0].successful
+    assert refined == []  # the model is a mug: not refined
+    assert not node.set_parameters([Parameter("refine_categories", value="cup")])[0].successful
+    assert node.set_parameters([Parameter("refine_categories", value="can, mug")])[0].successful
     node._on_frame(*msgs)
-    assert len(published) == 2
+    assert len(refined) == 1 and len(published) == 2
     p0, p1 = (np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z]) for m in published)
     assert np.linalg.norm(p0 - t) < 0.005 and np.linalg.norm(p1 - t) < 0.005
     assert node.stats.latency_p50_ms()["refine"] > 0.0
+
+
+def test_open3d_import_failure_is_logged_unless_a_ctrl_c_caused_it(inproc_node, monkeypatch):
+    """Without open3d the node serves unrefined poses; an ImportError because a Ctrl-C landed inside open3d's
+    module init (it turns the interrupt into one) ends the node like any Ctrl-C."""
+    from cse_pose_ros.runner import Interrupted
+
+    node = inproc_node
+    monkeypatch.setitem(sys.modules, "open3d", None)  # import open3d -> ImportError
+    assert node._import_open3d() is False
+    node.context.try_shutdown()  # what rclpy's SIGINT handler does before ours raises
+    with pytest.raises(Interrupted):
+        node._import_open3d()
 
 
 def test_threads_reach_the_session_and_the_mesh_marker_is_decimated(tmp_path, monkeypatch):

@@ -55,8 +55,10 @@ def test_validation_catches_cross_parameter_and_choice_errors():
     assert any("backend" in e for e in validate(d.replace({"backend": "gpu"})))
     assert any("class_map" in e for e in validate(d.replace({"class_map": "1:mug,x:bowl"})))
     assert any("ransac_iterations" in e for e in validate(d.replace({"ransac_iterations": 0})))
+    assert any("refine_categories" in e for e in validate(d.replace({"refine_categories": "mug, cup"})))
+    assert d.replace({"refine_categories": " mug,, can "}).refine_category_list() == ("mug", "can")
     with pytest.raises(ValueError):
-        d.replace({"refine": 1})  # not a bool
+        d.replace({"publish_tf": 1})  # not a bool
     with pytest.raises(ValueError):
         d.replace({"nope": 1})
     assert d.replace({"min_depth_m": 1}).min_depth_m == 1.0  # int accepted for a double
