@@ -36,7 +36,7 @@ from .core.pose import ObjectPose, pose_from_similarity
 from .core.solver import ransac_umeyama
 from .display import neutral_vertices
 from .inference.backend import InferenceBackend
-from .refine import refine_pose
+from .refine import SurfaceSampler, refine_pose
 from .smoothing import PoseSmoother
 from .verify import VERIFIABLE_CATEGORIES, PriorMesh, observe, prepare_prior, verify_pose
 
@@ -201,6 +201,25 @@ class _ModelSlot:
         self.faces = np.asarray(info.faces) if getattr(info, "faces", None) is not None else None
         self._rgb = np.zeros((0, 3, self.S, self.S), np.float32)
         self._mask = np.zeros((0, 1, self.G, self.G), np.float32)
+        self._sampler: SurfaceSampler | str | None = None  # str: why there is none
+
+    def surface_sampler(self, vertices: np.ndarray | None = None) -> SurfaceSampler:
+        """The ICP's sample positions on this model's mesh, drawn once: on the model's neutral shape (one model
+        call), or on ``vertices`` (N, 3) when that call fails. Raises ValueError (every time) when the model
+        has no faces or its mesh no area."""
+        if self._sampler is None:
+            neutral = neutral_vertices(self.model)
+            reference = neutral if neutral is not None else vertices
+            if self.faces is None or reference is None:
+                self._sampler = "the model has no faces" if self.faces is None else "no vertices to sample"
+            else:
+                try:
+                    self._sampler = SurfaceSampler(reference, self.faces)
+                except ValueError as exc:
+                    self._sampler = str(exc)
+        if isinstance(self._sampler, str):
+            raise ValueError(self._sampler)
+        return self._sampler
 
     def buffers(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """(batch, 3, S, S) and (batch, 1, G, G) float32 views into the persistent buffers.
@@ -268,6 +287,12 @@ class PosePipeline:
                 neutral = neutral_vertices(slot.model)
                 n = len(neutral) if neutral is not None else int(slot.model.info.num_vertices)
                 self._priors[category] = prepare_prior(slot.faces, n, neutral)
+        for category in self.params.refine_categories:  # the ICP's surface samples, before the first frame
+            if category in self._slots:
+                try:
+                    self._slots[category].surface_sampler()
+                except ValueError as exc:
+                    LOG.warning("%s: no ICP refinement (%s)", category, exc)
 
     def reset(self) -> None:
         """Forget the temporal state (smoothing tracks), e.g. when the input stream restarted."""
@@ -424,9 +449,12 @@ class PosePipeline:
                 continue
             R, t = np.asarray(result.pose.R, np.float64), np.asarray(result.pose.t_m, np.float64)
             if result.category in p.refine_categories and result.vertices_cam is not None:
-                faces = self._slots[result.category].faces
-                T, note = refine_pose(depth, mask, result.instance_id, K, result.vertices_cam, faces,
-                                      p.refine_max_distance_m, p.refine_iterations)
+                try:
+                    sampler = self._slots[result.category].surface_sampler(result.vertices_cam)
+                    T, note = refine_pose(depth, mask, result.instance_id, K, result.vertices_cam, sampler,
+                                          p.refine_max_distance_m, p.refine_iterations, result.crop_box)
+                except ValueError as exc:
+                    T, note = np.eye(4), f"refine_failed: {exc}"
                 result.refine_note = note
                 if note and note != "too_few_points":
                     LOG.warning("%s #%d: %s; pose left unrefined", result.category, result.instance_id, note)

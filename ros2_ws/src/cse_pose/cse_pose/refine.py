@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core.camera import backproject
+from .core.crop import CropBox
 
 #: ICP corrections supported by fewer observed points than this fraction are ignored.
 MIN_ICP_FITNESS = 0.5
@@ -25,13 +26,19 @@ SURFACE_SAMPLES = 2000
 
 
 def observed_points(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
-                    max_points: int = MAX_OBSERVED_POINTS) -> np.ndarray:
-    """(n, 3) camera-frame points (m) of the instance's pixels with valid depth, strided to <= max_points."""
+                    max_points: int = MAX_OBSERVED_POINTS, box: CropBox | None = None) -> np.ndarray:
+    """(n, 3) camera-frame points (m) of the instance's pixels with valid depth, strided to <= max_points.
+    ``box``: look only inside this rectangle (the instance's crop box), not over the whole image."""
+    r0, c0 = 0, 0
+    if box is not None:
+        r0, c0 = max(box.y0, 0), max(box.x0, 0)
+        r1, c1 = box.y0 + 2 * box.half_y, box.x0 + 2 * box.half_x
+        depth_m, mask = depth_m[r0:r1, c0:c1], mask[r0:r1, c0:c1]
     v, u = np.nonzero((mask == instance_id) & (depth_m > 0))
     if len(u) > max_points:
         step = int(np.ceil(len(u) / max_points))
         v, u = v[::step], u[::step]
-    return backproject(u, v, depth_m[v, u], K)
+    return backproject(u + c0, v + r0, depth_m[v, u], K)
 
 
 def icp_refine(observed_m: np.ndarray, model_points_m: np.ndarray, model_normals: np.ndarray,
@@ -55,43 +62,54 @@ def icp_refine(observed_m: np.ndarray, model_points_m: np.ndarray, model_normals
     return np.linalg.inv(T_obs_to_model), float(result.fitness)
 
 
-def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int = SURFACE_SAMPLES, seed: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` area-weighted samples on a mesh's triangles and their unit face normals (fixed seed, so the
-    same mesh gives the same points). vertices (N, 3), faces (F, 3) -> points (n, 3), normals (n, 3).
-    Raises ValueError for a mesh without area."""
-    v = np.asarray(vertices, np.float64)
-    tri = v[np.asarray(faces)]  # (F, 3, 3)
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    double_area = np.linalg.norm(cross, axis=1)
-    if len(tri) == 0 or not double_area.sum() > 0:
-        raise ValueError("the mesh has no area")
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tri), size=n, p=double_area / double_area.sum())
-    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
-    w = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)  # uniform barycentric samples
-    normals = cross[pick] / np.maximum(double_area[pick], 1e-300)[:, None]
-    return np.einsum("nk,nkd->nd", w, tri[pick]), normals
+class SurfaceSampler:
+    """Fixed sample positions on a mesh's triangles (triangle, barycentric weights): ``n`` of them, drawn
+    area-weighted on a reference shape with a fixed seed, then placed on any shape of the same triangles
+    (the deformed, posed prior of each frame) without drawing again.
+
+    ``sampler(vertices (N, 3))`` -> points (n, 3) and their unit face normals (n, 3), in the vertices' frame.
+    """
+
+    def __init__(self, reference_vertices: np.ndarray, faces: np.ndarray, n: int = SURFACE_SAMPLES,
+                 seed: int = 0) -> None:
+        """Raises ValueError for a mesh without area."""
+        faces = np.asarray(faces)
+        tri = np.asarray(reference_vertices, np.float64)[faces]  # (F, 3, 3)
+        double_area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        if len(tri) == 0 or not double_area.sum() > 0:
+            raise ValueError("the mesh has no area")
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(tri), size=n, p=double_area / double_area.sum())
+        r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
+        self.corners = faces[pick]  # (n, 3) vertex indices of each sample's triangle
+        self.weights = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)  # uniform barycentric samples
+
+    def __call__(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tri = np.asarray(vertices, np.float64)[self.corners]  # (n, 3, 3)
+        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
+        return np.einsum("nk,nkd->nd", self.weights, tri), normals
 
 
 def refine_pose(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
-                vertices_cam: np.ndarray, faces: np.ndarray, max_distance_m: float, iterations: int
-                ) -> tuple[np.ndarray, str]:
+                vertices_cam: np.ndarray, sampler: SurfaceSampler, max_distance_m: float, iterations: int,
+                box: CropBox | None = None) -> tuple[np.ndarray, str]:
     """ICP correction of one instance's posed model against its observed depth.
 
     Args:
         depth_m: (H, W) depth in metres (0 = invalid); mask: (H, W) instance ids; K: (3, 3).
-        vertices_cam: (N, 3) the deformed, posed model in the camera frame; faces: its (F, 3) triangles.
+        vertices_cam: (N, 3) the deformed, posed model in the camera frame; sampler: its surface samples.
+        box: the instance's crop box (its depth points are looked for only there).
     Returns:
         (T (4, 4) rigid correction, camera frame, ``p' = T p``; identity when not applied,
         note: "" when applied, else why not: ``too_few_points``, ``refine_rejected`` (fitness below
         :data:`MIN_ICP_FITNESS`) or ``refine_failed: <error>``).
     """
-    obs = observed_points(depth_m, mask, instance_id, K)
+    obs = observed_points(depth_m, mask, instance_id, K, box=box)
     if len(obs) < MIN_OBSERVED_POINTS:
         return np.eye(4), "too_few_points"
     try:
-        T, fitness = icp_refine(obs, *surface_points(vertices_cam, faces), max_distance_m, iterations)
+        T, fitness = icp_refine(obs, *sampler(vertices_cam), max_distance_m, iterations)
     except Exception as exc:  # noqa: BLE001 - refinement is optional: the caller keeps the unrefined pose
         return np.eye(4), f"refine_failed: {type(exc).__name__}: {exc}"
     if fitness < MIN_ICP_FITNESS:

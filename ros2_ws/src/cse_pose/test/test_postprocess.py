@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cse_pose.core.crop import crop_box_from_mask
 from cse_pose.core.errors import InvalidInputError
 from cse_pose.core.metrics import rotation_error_deg
 from cse_pose.core.rotation import matrix_from_quaternion, random_rotation, slerp
 from cse_pose.instances import instance_classes
 from cse_pose.pipeline import PipelineParams
-from cse_pose.refine import MAX_OBSERVED_POINTS, icp_refine, observed_points, surface_points
+from cse_pose.refine import MAX_OBSERVED_POINTS, SurfaceSampler, icp_refine, observed_points
 from cse_pose.smoothing import PoseSmoother
 from cse_pose_dev.oracle import default_intrinsics, render_oracle_frame
 
@@ -48,22 +49,27 @@ def test_instance_classes_for_id_and_label_masks():
     assert instance_classes(np.zeros((3, 3), np.uint16), "mug", {}) == {}
 
 
-def test_surface_points_lie_on_the_mesh_with_its_face_normals():
+def test_surface_samples_lie_on_the_mesh_with_its_face_normals_and_follow_its_deformation():
     from cse_pose_dev.oracle import box_mesh
 
     half = np.array([1.0, 2.0, 3.0])
     v, f = box_mesh(2 * half)
-    pts, normals = surface_points(v, f, n=500)
+    sampler = SurfaceSampler(v, f, n=500)
+    pts, normals = sampler(v)
     assert pts.shape == normals.shape == (500, 3)
     on_face = np.isclose(np.abs(pts) / half, 1.0)  # (500, 3): which face plane each point lies on
     assert (on_face.sum(axis=1) >= 1).all() and (np.abs(pts) <= half + 1e-9).all()
     axis = np.abs(normals).argmax(axis=1)
     np.testing.assert_allclose(np.abs(normals[np.arange(500), axis]), 1.0)  # axis-aligned unit normals
     assert on_face[np.arange(500), axis].all()  # each normal is its face's
-    again = surface_points(v, f, n=500)
-    np.testing.assert_array_equal(pts, again[0])  # deterministic
+    np.testing.assert_array_equal(pts, SurfaceSampler(v, f, n=500)(v)[0])  # deterministic
+    # the same samples on a stretched and turned copy of the mesh: stretched and turned with it
+    R = random_rotation(np.random.default_rng(1))
+    moved, moved_normals = sampler((v * [2.0, 1.0, 1.0]) @ R.T)
+    np.testing.assert_allclose(moved, (pts * [2.0, 1.0, 1.0]) @ R.T, atol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(moved_normals * (normals @ R.T), axis=1)), 1.0, atol=1e-12)
     with pytest.raises(ValueError, match="no area"):
-        surface_points(np.zeros((3, 3)), np.array([[0, 1, 2]]))
+        SurfaceSampler(np.zeros((3, 3)), np.array([[0, 1, 2]]))
 
 
 def test_refine_categories_default_to_the_mug_and_are_checked():
@@ -80,13 +86,15 @@ def test_icp_refine_recovers_a_small_offset():
     _, depth, mask = render_oracle_frame(R, t, size, K, W, H)
     obs = observed_points(depth, mask, 1, K)
     assert MAX_OBSERVED_POINTS // 2 < len(obs) <= MAX_OBSERVED_POINTS < np.count_nonzero(mask == 1)  # strided
+    box = crop_box_from_mask(mask == 1, 64)
+    np.testing.assert_array_equal(observed_points(depth, mask, 1, K, box=box), obs)  # the crop box holds them all
     # the model: the true box turned by 4 deg about its centre and shifted by 6 mm (a slightly wrong pose)
     from cse_pose_dev.oracle import box_mesh
 
     v, f = box_mesh(size)
     turn = matrix_from_quaternion(np.array([0.0, np.sin(np.radians(2.0)), 0.0, np.cos(np.radians(2.0))]))
     R_wrong, t_wrong = R @ turn, t + np.array([0.006, -0.003, 0.0])
-    T, fitness = icp_refine(obs, *surface_points(v @ R_wrong.T + t_wrong, f), 0.02, 5)
+    T, fitness = icp_refine(obs, *SurfaceSampler(v, f)(v @ R_wrong.T + t_wrong), 0.02, 5)
     assert fitness > 0.9
     R_fixed, t_fixed = T[:3, :3] @ R_wrong, T[:3, :3] @ t_wrong + T[:3, 3]
     assert rotation_error_deg(R_wrong, R) > 3.9 and rotation_error_deg(R_fixed, R) < 0.5

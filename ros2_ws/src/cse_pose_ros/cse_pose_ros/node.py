@@ -70,7 +70,7 @@ from .launch_args import installed_model_dir, share_directory
 from .log_bridge import forward_python_logging, stop_forwarding
 from .markers import build_marker_array, detection_array, pose_array, pose_stamped, tf_child_frame
 from .params import NodeParams, apply_changes, declare_parameters
-from .runner import Interrupted, run_node
+from .runner import run_node, sigint_deferred
 from .sync import make_subscriber, make_synchronizer
 
 NODE_NAME = "cse_pose_node"
@@ -262,10 +262,9 @@ class PoseNode(Node):
     def _import_open3d(self) -> bool:
         """Import open3d (slow, once) for ICP; False (and one error line) when it is missing."""
         try:
-            import open3d  # noqa: F401
+            with sigint_deferred():  # a Ctrl-C inside open3d's module init would break it (see there)
+                import open3d  # noqa: F401
         except ImportError as exc:
-            if not self.context.ok():  # a Ctrl-C during the import: open3d's module init turns it into this
-                raise Interrupted from exc
             self.get_logger().error(f"refine_categories needs open3d ({exc}); poses are published unrefined")
             return False
         self._open3d_ok = True

@@ -1,7 +1,7 @@
 """The shared ``main`` of the package's executables: init rclpy, spin one node, shut down cleanly.
 
 Ctrl-C (SIGINT) ends every executable with status 0 and no traceback, whenever it arrives: while the modules
-are imported, while the model loads, while frames are served, or during the shutdown itself. Four things make
+are imported, while the model loads, while frames are served, or during the shutdown itself. Five things make
 that so:
 
 * the entry points (:func:`pose_node_main`, :func:`tabletop_mask_main`) install the handler
@@ -13,7 +13,8 @@ that so:
   shutdown code, the shutdown is simply run again;
 * errors the executor raises because the context went away under it (``RuntimeError`` from
   ``take_message``, ``InvalidHandle``) count as a shutdown when rclpy is no longer ok;
-* the interruption is an :class:`Interrupted`, not a plain ``KeyboardInterrupt`` (see there).
+* the interruption is an :class:`Interrupted`, not a plain ``KeyboardInterrupt`` (see there);
+* native imports that must not be interrupted (open3d) run in :func:`sigint_deferred` blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 import gc
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,12 +35,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Interrupts:
-    """Process-wide SIGINT policy: the first SIGINT raises :class:`Interrupted`, later ones are ignored."""
+    """Process-wide SIGINT policy: the first SIGINT raises :class:`Interrupted`, later ones are ignored; inside
+    :meth:`deferred` blocks the first one is held and raised when the outermost block ends."""
 
     def __init__(self) -> None:
         self.count = 0
         self.installed = False
         self.quiet = False
+        self.deferring = 0
+        self.pending = False
 
     def install(self) -> None:
         """Make :meth:`handle` the Python SIGINT handler (main thread only; idempotent)."""
@@ -54,10 +59,37 @@ class _Interrupts:
         self.count += 1
         if self.count == 1 and not self.quiet:
             self.quiet = True
-            raise Interrupted
+            if self.deferring:
+                self.pending = True
+            else:
+                raise Interrupted
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold the interruption while the block runs; raise it (in place of anything the block raised) once
+        the outermost block is done."""
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+            if self.pending and not self.deferring:
+                self.pending = False
+                raise Interrupted
 
 
 _INTERRUPTS = _Interrupts()
+
+
+def sigint_deferred() -> AbstractContextManager[None]:
+    """A block a Ctrl-C must not interrupt: the interruption (see :func:`quiet_sigint`) comes right after it.
+
+    For imports of native modules: open3d's module init turns the :class:`Interrupted` into an ``ImportError``
+    and leaves a half-initialised library whose teardown ends the process with status 1 (3 of 9 Ctrl-C
+    0.3-0.7 s into the pose node's start-up). Python runs signal handlers in the main thread whichever thread
+    the signal reached, so the hold is in the handler, not in the signal mask.
+    """
+    return _INTERRUPTS.deferred()
 
 
 def quiet_sigint() -> None:

@@ -28,6 +28,8 @@ from cse_pose.tabletop import (
     segment_tabletop,
 )
 
+from .runner import sigint_deferred
+
 NODE_NAME = "tabletop_mask_node"
 MASK_ENCODINGS = ("mono8", "mono16")
 
@@ -49,7 +51,8 @@ def open3d_problem() -> str:
     skip every frame.
     """
     try:
-        import open3d  # noqa: F401
+        with sigint_deferred():  # a Ctrl-C inside open3d's module init would break it (see there)
+            import open3d  # noqa: F401
     except (ImportError, OSError) as exc:
         why = " ".join(f"{type(exc).__name__}: {exc}".split())
         return (f"open3d is not importable ({why}); the tabletop mask source needs it: pip install open3d "

@@ -372,17 +372,10 @@ def test_icp_refinement_runs_for_the_listed_categories_and_keeps_an_exact_pose_e
     assert node.stats.latency_p50_ms()["refine"] > 0.0
 
 
-def test_open3d_import_failure_is_logged_unless_a_ctrl_c_caused_it(inproc_node, monkeypatch):
-    """Without open3d the node serves unrefined poses; an ImportError because a Ctrl-C landed inside open3d's
-    module init (it turns the interrupt into one) ends the node like any Ctrl-C."""
-    from cse_pose_ros.runner import Interrupted
-
+def test_open3d_import_failure_is_logged_and_the_node_serves_unrefined(inproc_node, monkeypatch):
     node = inproc_node
     monkeypatch.setitem(sys.modules, "open3d", None)  # import open3d -> ImportError
     assert node._import_open3d() is False
-    node.context.try_shutdown()  # what rclpy's SIGINT handler does before ours raises
-    with pytest.raises(Interrupted):
-        node._import_open3d()
 
 
 def test_threads_reach_the_session_and_the_mesh_marker_is_decimated(tmp_path, monkeypatch):

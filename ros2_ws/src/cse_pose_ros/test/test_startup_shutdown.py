@@ -168,6 +168,28 @@ def test_interrupt_policy_raises_once_and_not_a_plain_keyboard_interrupt():
     quiet.handle(signal.SIGINT, None)  # shutting down already: ignored from the first
 
 
+def test_a_sigint_during_a_deferred_block_interrupts_right_after_it():
+    from cse_pose_ros.runner import Interrupted, _Interrupts
+
+    policy = _Interrupts()
+    done = []
+    with pytest.raises(Interrupted):
+        with policy.deferred():
+            with policy.deferred():  # nested: held until the outermost block ends
+                policy.handle(signal.SIGINT, None)  # what a Ctrl-C here does: nothing yet
+                done.append("inner")
+            done.append("outer")
+    assert done == ["inner", "outer"]
+    with pytest.raises(Interrupted):  # the held interruption replaces what the block raised
+        with policy.deferred():
+            policy.pending = True
+            raise ImportError("initialization failed")
+    with policy.deferred():  # nothing pending: the block just runs
+        done.append("again")
+    policy.handle(signal.SIGINT, None)  # later SIGINTs stay ignored
+    assert done[-1] == "again"
+
+
 def test_what_counts_as_a_shutdown():
     import rclpy
     from rclpy.executors import ExternalShutdownException
