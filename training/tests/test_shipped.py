@@ -35,14 +35,15 @@ SHIPPED_INT8 = sorted(p for p in MODELS.glob("*.int8.onnx") if p.is_file())
 #: Test-split scene seeds (one frame each, 640x480, clutter as generated).
 FRAMES = tuple(range(6))
 #: category -> (max median rotation error in degrees, max median translation error in cm) over :data:`FRAMES`.
-#: Measured on these frames (shipped model | untrained network, rotation° / cm): see each line.
+#: Measured on these frames (shipped model | untrained network, rotation° / cm, node defaults of 2026-11-30):
+#: see each line.
 BOUNDS: dict[str, tuple[float, float]] = {
-    "bottle": (6.0, 2.0),  # 2.0 / 0.68 | 14.4 / 47.5
-    "bowl": (10.0, 1.5),  # 6.2 / 0.41 | 67.9 / 21.4
-    "can": (6.0, 2.0),  # 2.0 / 0.49 | 35.2 / 25.9
-    "mug": (8.0, 1.0),  # 3.6 / 0.48 | 115.8 / 10.2 (with the ICP refinement; 8.0 / 0.31 | 142.2 / 14.3 without)
-    "camera": (10.0, 2.5),  # 5.6 / 1.22 | 102.6 / 14.2
-    "laptop": (12.0, 4.5),  # 6.2 / 2.64 | 154.4 / 36.5 (the 10,000-step file; a sub-millimetre change of the
+    "bottle": (6.0, 2.0),  # 2.0 / 0.68 | 11.1 / 46.4
+    "bowl": (10.0, 1.5),  # 6.2 / 0.35 | 42.3 / 21.6
+    "can": (6.0, 2.0),  # 2.0 / 0.49 | 34.2 / 21.3
+    "mug": (8.0, 1.0),  # 3.6 / 0.48 | 112.9 / 10.2 (with the ICP refinement; 8.0 / 0.31 | 142.2 / 14.3 without)
+    "camera": (10.0, 2.5),  # 5.6 / 1.22 | 102.0 / 12.2
+    "laptop": (12.0, 4.5),  # 5.5 / 2.47 | 154.7 / 37.1 (the 10,000-step file; a sub-millimetre change of the
     #                         pairs can move one frame of this 35 cm box by 2 cm at its 25-43 % inlier ratio)
 }
 TINY = {"crop_size": 64, "grid_size": 16, "resnet_widths": [16, 32, 64, 128]}

@@ -111,10 +111,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ransac_threshold_m", 0.01,
               "RANSAC inlier threshold: distance (m) between a lifted depth point and its transformed "
               "canonical match.", low=0.0005, high=0.5),
-    ParamSpec("ransac_threshold_rel", 0.14,
+    ParamSpec("ransac_threshold_rel", 0.2,
               "The inlier threshold grows with the object: max(ransac_threshold_m, ransac_threshold_rel x the RMS "
-              "distance of the instance's depth points from their centroid); 0 = fixed. 0.14 leaves objects up "
-              "to ~7 cm RMS radius (mug, can, camera, bowl) at 1 cm and gives a laptop ~2 cm.", low=0.0, high=1.0),
+              "distance of the instance's depth points from their centroid); 0 = fixed. 0.2 leaves objects up "
+              "to 5 cm RMS radius (mug, can, camera) at 1 cm and gives a bowl ~1.2 cm, a bottle ~1.5, a laptop "
+              "~2.8.", low=0.0, high=1.0),
     ParamSpec("ransac_iterations", 1000, "Upper bound on RANSAC minimal-sample hypotheses per instance "
               "(it stops earlier once confident).", low=1, high=100000),
     ParamSpec("ransac_seed", 0, "RANSAC random seed; -1 = nondeterministic.", low=-1, high=2147483647),
