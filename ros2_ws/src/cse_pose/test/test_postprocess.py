@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,27 @@ def test_icp_refine_recovers_a_small_offset():
     assert np.linalg.norm(t_fixed - t) < 0.001
 
 
+
+
+def test_a_model_without_faces_is_served_unrefined_with_the_reason(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime runs the oracle model")
+    from cse_pose.inference import load_model
+    from cse_pose.pipeline import PosePipeline
+    from cse_pose_dev.oracle import DEFAULT_EXTENTS, write_oracle_model
+
+    model = load_model(write_oracle_model(tmp_path / "mug.onnx", category="mug"), backend="cpu")
+    K = default_intrinsics(W, H, 300.0)
+    R, t = random_rotation(np.random.default_rng(5)), np.array([0.0, 0.0, 0.5])
+    rgb, depth, ids = render_oracle_frame(R, t, 0.06 * np.asarray(DEFAULT_EXTENTS), K, W, H)
+    class NoFaces:  # as a model file without the prior's triangles
+        info = dataclasses.replace(model.info, faces=None)
+        run = model.run
+
+    off = PosePipeline({"mug": model}, PipelineParams(refine_categories=()))
+    on = PosePipeline({"mug": NoFaces()}, PipelineParams())
+    want = off.process(rgb, depth, ids, {1: "mug"}, K).instances[0]
+    for _ in range(2):  # the reason every frame, without retrying the sampler
+        got = on.process(rgb, depth, ids, {1: "mug"}, K).instances[0]
+        assert got.refine_note == "refine_failed: the model has no faces"
+        np.testing.assert_array_equal(got.pose.R, want.pose.R)
+        np.testing.assert_array_equal(got.pose.t_m, want.pose.t_m)
