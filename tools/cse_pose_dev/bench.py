@@ -246,19 +246,37 @@ def make_scene(n_objects: int, seed: int = 0, width: int = WIDTH, height: int = 
     )
 
 
+def _with_copies(spec: Any, n_copies: int, gap_m: float = 0.03) -> Any:
+    """``spec`` (a ``cse_train.data.synthetic.SceneSpec``) with ``n_copies`` more instances of its target (same
+    shape and texture, turned 50 degrees each) standing beside it on the table, alternately left and right of
+    it as frame 0's camera sees it. They replace the scene's distractors; instance ids 2, 3, ..."""
+    import dataclasses
+
+    size = np.asarray(spec.size_m, dtype=np.float64)
+    eye = spec.camera_centers()[0]
+    view = -eye[[0, 2]] / max(float(np.linalg.norm(eye[[0, 2]])), 1e-9)  # towards the target (world origin)
+    side = np.array([-view[1], view[0]])
+    step = float(np.linalg.norm(size[[0, 2]])) + gap_m  # footprint diameter + a gap: no interpenetration
+    copies = []
+    for k in range(n_copies):
+        xz = (k // 2 + 1) * step * (1.0 if k % 2 == 0 else -1.0) * side
+        copies.append({
+            "kind": "category", "category": spec.category, "params": dict(spec.shape_params), "scale": 1.0,
+            "occluder": False, "size": [float(x) for x in size], "texture": spec.target_texture,
+            "yaw_deg": float(spec.yaw_deg + 50.0 * (k + 1)),
+            "position": [float(xz[0]), float(size[1] / 2), float(xz[1])],
+        })
+    return dataclasses.replace(spec, distractors=copies)
+
+
 def make_network_scene(category: str, n_objects: int, seed: int = 0) -> Scene:
     """A held-out frame for the shipped network: ``cse_train.data.synthetic`` test split (shape and texture
-    bands never trained on), with clutter, sensor noise and depth holes.
+    bands never trained on), with sensor noise and depth holes, 640x480.
 
-    One object: frame 0 of a test scene at 640x480, its target's mask (id 1). Two to four: that scene seen
-    at four times of its video, each frame halved to 320x240 and tiled 2x2 into one 640x480 frame; the
-    target of tile k is instance k + 1 (tiles beyond ``n_objects`` keep their pixels, mask 0). K is the
-    first tile's, so the other tiles' points are lifted with a shifted principal point: their poses are not
-    ground truth, the crops, network outputs and solver work are those of real frames.
+    One object: frame 0 of a test scene, its target's mask (id 1), the scene's clutter around it. Two to four:
+    the same scene with its clutter replaced by copies of the target beside it (:func:`_with_copies`), all
+    in one camera, so every instance's points are lifted with the right intrinsics (mask ids 1..n).
     """
-    import cv2
-
-    from cse_pose.core.camera import scale_intrinsics
     from cse_train.data.synthetic import render_frame, sample_scene
 
     from .ros_io import frame_messages
@@ -266,30 +284,16 @@ def make_network_scene(category: str, n_objects: int, seed: int = 0) -> Scene:
     if not 1 <= n_objects <= 4:
         raise ValueError(f"network scenes hold 1 to 4 objects, got {n_objects}")
     spec = sample_scene(category, "test", 1000 + seed, frames=(12, 12))
-    if n_objects == 1:
-        fr = render_frame(spec, 0, WIDTH, HEIGHT)
-        rgb, depth_m, K = fr.rgb, fr.depth_m, fr.K
-        mask = (fr.instance_mask == 1).astype(np.uint8)
-        poses = [(fr.gt[0]["R"], fr.gt[0]["t"], fr.gt[0]["size"])]
-    else:
-        w, h = WIDTH // 2, HEIGHT // 2
-        rgb = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-        depth_m = np.zeros((HEIGHT, WIDTH), np.float32)
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        poses = []
-        K = np.eye(3)
-        for k, index in enumerate((0, 4, 8, 11)):
-            fr = render_frame(spec, index, WIDTH, HEIGHT)
-            y, x = (k // 2) * h, (k % 2) * w
-            rgb[y : y + h, x : x + w] = cv2.resize(fr.rgb, (w, h), interpolation=cv2.INTER_AREA)
-            depth_m[y : y + h, x : x + w] = fr.depth_m[::2, ::2]
-            if k < n_objects:
-                mask[y : y + h, x : x + w] = np.where(fr.instance_mask[::2, ::2] == 1, k + 1, 0)
-                poses.append((fr.gt[0]["R"], fr.gt[0]["t"], fr.gt[0]["size"]))
-            if k == 0:
-                K = scale_intrinsics(fr.K, (WIDTH, HEIGHT), (w, h))
-    msgs = frame_messages(rgb, depth_m, mask, K, 1.0)
-    return Scene(n_objects, rgb, depth_m, mask, K, msgs, poses)
+    if n_objects > 1:
+        spec = _with_copies(spec, n_objects - 1)
+    fr = render_frame(spec, 0, WIDTH, HEIGHT)
+    mask = np.where(fr.instance_mask <= n_objects, fr.instance_mask, 0).astype(np.uint8)
+    visible = set(np.unique(mask)) - {0}
+    if visible != set(range(1, n_objects + 1)):
+        raise RuntimeError(f"network scene: {n_objects} objects wanted, ids {sorted(visible)} in view")
+    poses = [(g["R"], g["t"], g["size"]) for g in sorted(fr.gt, key=lambda g: g["instance_id"])][:n_objects]
+    msgs = frame_messages(fr.rgb, fr.depth_m, mask, fr.K, 1.0)
+    return Scene(n_objects, fr.rgb, fr.depth_m, mask, fr.K, msgs, poses)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1161,8 +1165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(
                 [
                     "input 'network': the network's own outputs on held-out frames (cse_train.data.synthetic "
-                    f"test split, {args.category}; 1 object: 640x480 frame; 2-4: one test video at four times, "
-                    "tiled 2x2 at 320x240)"
+                    f"test split, {args.category}, 640x480; 1 object: a test scene with its clutter; 2-4: the "
+                    "same scene with copies of the object beside it instead of the clutter)"
                 ]
                 if net_labels
                 else []

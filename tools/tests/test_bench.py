@@ -340,3 +340,18 @@ def test_node_rows_run_the_nodes_own_frame_callback(bench, tmp_path):
         for m in methods:
             m.close()
         ros.close()
+
+
+def test_network_scene_puts_every_object_in_one_camera(bench):
+    """Each instance's depth points lie in its ground-truth box (an earlier 2x2 tiling lifted tiles 2-4 with
+    tile 1's intrinsics: sheared points, a slower and worse solve)."""
+    from cse_pose.core.camera import backproject
+
+    scene = bench.make_network_scene("mug", 3)
+    assert set(np.unique(scene.mask)) == {0, 1, 2, 3} and len(scene.poses) == 3
+    assert scene.rgb.shape == (480, 640, 3) and scene.depth_m.shape == scene.mask.shape == (480, 640)
+    for k, (R, t, size) in enumerate(scene.poses, start=1):
+        v, u = np.nonzero((scene.mask == k) & (scene.depth_m > 0))
+        local = (backproject(u, v, scene.depth_m[v, u], scene.K) - t) @ R  # object frame
+        inside = (np.abs(local) <= np.asarray(size) / 2 + 0.01).all(axis=1)
+        assert len(u) > 500 and inside.mean() > 0.95, (k, inside.mean())

@@ -113,7 +113,10 @@ class FrameWorker:
             thread = self._thread
         if thread is None or thread is threading.current_thread():
             return True  # never started, or called by the handler: the loop returns after this frame
-        thread.join(timeout_s)
+        try:
+            thread.join(timeout_s)
+        except RuntimeError:  # a Ctrl-C inside Thread.start() left it unstarted: if it ever runs, it stops at once
+            return True
         return not thread.is_alive()
 
     def wait_idle(self, timeout_s: float) -> bool:

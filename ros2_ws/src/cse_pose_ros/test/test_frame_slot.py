@@ -124,6 +124,22 @@ def test_stop_without_a_frame_starts_no_thread_and_is_idempotent():
     assert not worker.running
 
 
+def test_stop_after_a_start_interrupted_by_ctrl_c_returns(monkeypatch):
+    """A Ctrl-C can land inside ``Thread.start()`` (it waits for the new thread): the worker then holds a thread
+    that never started, and stopping it must neither raise nor hang."""
+    worker = FrameWorker(lambda *frame: None)
+
+    def interrupted_start(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        worker.submit(1)
+    monkeypatch.undo()
+    assert worker._thread is not None and not worker.running
+    assert worker.stop(timeout_s=1.0) is True
+
+
 def test_input_qos_is_a_short_best_effort_queue():
     pytest.importorskip("rclpy")
     from rclpy.qos import ReliabilityPolicy
