@@ -17,9 +17,9 @@ from .core.crop import CropBox
 MIN_ICP_FITNESS = 0.5
 #: Fewer observed points than this: no refinement.
 MIN_OBSERVED_POINTS = 10
-#: The observed points are strided to at most this many. ICP's time grows with them (a mug at 0.5 m, 2,599
-#: points: 13.0 ms for 20 point-to-point iterations, 866 points: 2.9 ms); on the mug's validation split
-#: 1,000 points kept the 10deg5cm gain of 3,000 (85.0 vs 84.2 %; 5deg2cm 51.7 vs 54.2).
+#: The observed points are strided to at most this many. ICP's time grows with them; measured with the
+#: point-to-point ICP this module used first (20 iterations): a mug at 0.5 m, 2,599 points 13.0 ms, 866 points
+#: 2.9 ms, and on the mug's validation split 1,000 points kept the 10deg5cm gain of 3,000 (85.0 vs 84.2 %).
 MAX_OBSERVED_POINTS = 1000
 #: Points sampled on the model surface (area-weighted, fixed seed).
 SURFACE_SAMPLES = 2000
