@@ -372,7 +372,7 @@ def test_icp_refinement_runs_for_the_listed_categories_and_keeps_an_exact_pose_e
     assert node.stats.latency_p50_ms()["refine"] > 0.0
 
 
-def test_open3d_import_failure_is_logged_and_the_node_serves_unrefined(inproc_node, monkeypatch):
+def test_a_missing_open3d_makes_the_import_check_report_false(inproc_node, monkeypatch):
     node = inproc_node
     monkeypatch.setitem(sys.modules, "open3d", None)  # import open3d -> ImportError
     assert node._import_open3d() is False
