@@ -2,6 +2,7 @@
 # `make train CATEGORY=<category>`: the recipe of the shipped models (models/<category>.md), on CPU.
 #   scripts/train_category.sh <category> [steps=1000] [out=out/<category>]
 # 1. the synthetic train split: 48 videos x 20-30 frames, 320x240, seed 1 (~40 s; kept when already there);
+#    VIDEOS=N generates N videos into data/train_<N>v instead (the first 48 are the same videos, the rest new shapes);
 # 2. synthetic-GT pre-training of the `small` config, 8 images a step (2 videos x 4 frames), AdamW OneCycle;
 #    texture, rotation-cycle, cross-time cycle, symmetry and Laplacian losses off to fit a 2-core CPU
 #    (~11 min for 1,000 steps there); checkpoints every 250 steps, the last in <out>/pretrain/last.pt;
@@ -24,8 +25,10 @@ OUT=${3:-out/$CATEGORY}
 INIT=${INIT:-}
 if [ -n "$INIT" ]; then LR=${LR:-2.5e-4}; SEED=${SEED:-1}; else LR=${LR:-5e-4}; SEED=${SEED:-0}; fi
 VERSION=${VERSION:-$CATEGORY-small-sgt-$STEPS-fp16-$(date +%F)}
-if [ ! -f "data/train/${CATEGORY}_list_all.txt" ]; then
-    "$PY" -m cse_train generate --out data/train --category "$CATEGORY" --split train --videos 48 --frames 20 30 \
+VIDEOS=${VIDEOS:-48}
+if [ "$VIDEOS" = 48 ]; then DATA=data/train; else DATA=data/train_${VIDEOS}v; fi
+if [ ! -f "$DATA/${CATEGORY}_list_all.txt" ]; then
+    "$PY" -m cse_train generate --out "$DATA" --category "$CATEGORY" --split train --videos "$VIDEOS" --frames 20 30 \
         --width 320 --height 240 --seed 1 --workers 2
 fi
 START=()
@@ -37,11 +40,11 @@ elif [ -n "$INIT" ]; then
 save_checkpoint(sys.argv[2], model_from_onnx(sys.argv[1]))" "$INIT" "$OUT/init.pt"
     START=(--init-checkpoint "$OUT/init.pt")
 fi
-"$PY" -m cse_train train --category "$CATEGORY" --data "data/train/$CATEGORY" --out-dir "$OUT/pretrain" \
+"$PY" -m cse_train train --category "$CATEGORY" --data "$DATA/$CATEGORY" --out-dir "$OUT/pretrain" \
     --model small --steps "$STEPS" --lr "$LR" --videos-per-batch 2 --frames-per-video 4 --supervision synthetic-gt \
     --disable texture rotation_cycle cross_cycle symmetry laplacian --seed "$SEED" --no-progress \
     --checkpoint-every 250 --threads "${THREADS:-1}" "${START[@]}"
 "$PY" -m cse_train export --checkpoint "$OUT/pretrain/last.pt" --out-dir "$OUT/export" --fp16-weights --no-torchscript \
     --version "$VERSION" \
-    --training-data "synthetic RGB-D videos (cse_train.data.synthetic, $CATEGORY, train split: 48 videos x 20-30 frames, 320x240), synthetic-GT pre-training, $STEPS steps x 8 images${INIT:+ continued from $INIT}, small config"
+    --training-data "synthetic RGB-D videos (cse_train.data.synthetic, $CATEGORY, train split: $VIDEOS videos x 20-30 frames, 320x240), synthetic-GT pre-training, $STEPS steps x 8 images${INIT:+ continued from $INIT}, small config"
 echo "model: $OUT/export/$CATEGORY.onnx"
