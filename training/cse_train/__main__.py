@@ -309,8 +309,10 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-RENDER_POSE_HELP = ("the pose of the render-and-compare terms: head (the regressed pose, the reference) or fit (the "
-                    "pose of the network's own correspondences on the depth; the head then gets no render gradient)")
+RENDER_POSE_HELP = ("the pose of the render-and-compare terms: head (the regressed pose, the reference), fit (the "
+                    "pose of the network's own correspondences on the depth) or label (the pose labels: with adapt "
+                    "--pseudo-labels, the node pipeline's pose of each frame); with fit and label the head gets no "
+                    "render gradient")
 
 
 def build_parser() -> argparse.ArgumentParser:

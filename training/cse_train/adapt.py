@@ -452,7 +452,8 @@ class AdaptConfig:
         pose_gt: with ``pseudo_labels``, weight of the pose-head term towards those labels
             (:class:`cse_train.train.TrainConfig`).
         freeze: parameter groups held fixed (``TrainConfig.freeze``).
-        render_pose: the pose the render-and-compare terms use, ``head`` or ``fit`` (``TrainConfig.render_pose``).
+        render_pose: the pose the render-and-compare terms use, ``head``, ``fit`` or, with ``pseudo_labels``,
+            ``label`` (``TrainConfig.render_pose``).
         holdout: fraction of each video's frames (its end) held out for the before/after figures.
         eval_frames: at most this many held-out frames are evaluated (None: all).
         fp16_weights: store the adapted ONNX weights as float16 like the shipped files.
@@ -555,6 +556,8 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     supervision, labels = "self", None
     if cfg.pose_gt and not cfg.pseudo_labels:
         raise ValueError("the pose-head term (pose_gt) trains towards labels: it needs pseudo_labels")
+    if cfg.render_pose == "label" and not cfg.pseudo_labels:
+        raise ValueError("render_pose 'label' renders with the pseudo-labels' poses: it needs pseudo_labels")
     if cfg.pseudo_labels:
         train_root, labels = pseudo_label_tree(model_path, train_root, out / "pseudo", cfg.category)
         print(f"pseudo-labels: {labels['trusted']} of {labels['frames']} training frames have a trusted pose")

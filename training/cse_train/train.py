@@ -100,8 +100,10 @@ class TrainConfig:
             as the shipped models were trained): the regressed pose, which every render-and-compare term uses,
             trained towards the labels.
         render_pose: the pose of the render-and-compare terms and the 3D->2D cycle: ``head`` (the regressed
-            pose, the reference) or ``fit`` (the pose of the network's own correspondences on the depth,
-            :func:`fitted_render_pose`; a deviation for fine-tuning a model whose head is far off).
+            pose, the reference), ``fit`` (the pose of the network's own correspondences on the depth,
+            :func:`fitted_render_pose`; a deviation for fine-tuning a model whose head is far off) or ``label``
+            (the pose labels of the batch, with ``synthetic-gt``: with ``adapt --pseudo-labels``, the pose the
+            node's pipeline gave each frame).
         dino_weights: DINO ViT-S/8 weights file: DINO for cross-time and cross-instance pairs; without it
             cross-time pairs use Farneback flow and the cross-instance term is skipped (unless
             ``cross_instance`` is ``features``).
@@ -177,6 +179,8 @@ class TrainConfig:
             raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {self.supervision!r}")
         if self.render_pose not in RENDER_POSES:
             raise ValueError(f"render_pose must be one of {RENDER_POSES}, got {self.render_pose!r}")
+        if self.render_pose == "label" and self.supervision != "synthetic-gt":
+            raise ValueError("render_pose 'label' renders with the pose labels: it needs supervision 'synthetic-gt'")
         if self.dataset not in ("wild6d", "real275"):
             raise ValueError(f"dataset must be 'wild6d' or 'real275', got {self.dataset!r}")
         if self.ddp_videos not in ("shard", "shared"):
@@ -491,9 +495,10 @@ class LossModule(nn.Module):
         matcher_grid, matcher_k: see :class:`TrainConfig`.
         jitter: colour jitter on/off.
         supervision: ``self`` or ``synthetic-gt``.
-        render_pose: ``head`` (the regressed pose, the reference) or ``fit`` (:func:`fitted_render_pose`, the
-            pose of the network's own correspondences and the depth; the pose head then gets no gradient from
-            the render terms).
+        render_pose: ``head`` (the regressed pose, the reference), ``fit`` (:func:`fitted_render_pose`, the
+            pose of the network's own correspondences and the depth) or ``label`` (the batch's pose labels,
+            e.g. ``adapt``'s pseudo-labels: the node's own pipeline pose; needs ``synthetic-gt``); with ``fit``
+            and ``label`` the pose head gets no gradient from the render terms.
     """
 
     def __init__(
@@ -513,6 +518,8 @@ class LossModule(nn.Module):
         super().__init__()
         if render_pose not in RENDER_POSES:
             raise ValueError(f"render_pose must be one of {RENDER_POSES}, got {render_pose!r}")
+        if render_pose == "label" and supervision != "synthetic-gt":
+            raise ValueError("render_pose 'label' renders with the pose labels: it needs supervision 'synthetic-gt'")
         self.render_pose = render_pose
         self.model = model
         self.render_size = int(render_size)
@@ -554,9 +561,23 @@ class LossModule(nn.Module):
         fit = self.render_pose == "fit"
         out = m(rgb_in, mask_g.unsqueeze(1).to(rgb.dtype), K_ndc, with_confidence=fit)
 
-        # 2. renders with the regressed pose, or the correspondences' own (canonical units, camera frame)
+        # ground-truth (or pseudo-label) correspondences and pose in the network's canonical convention
+        labelled = {"synthetic_gt", "pose_gt"} & on if self.supervision == "synthetic-gt" else set()
+        label = None
+        if labelled or self.render_pose == "label":
+            if "R" not in batch:
+                raise KeyError("supervision 'synthetic-gt' and render_pose 'label' need poses (R, t, size) in batches")
+            R_gt = canonical_azimuth(batch["R"], batch["t"]) if self.y_symmetric else batch["R"]
+            label = gt_canonical_grid(
+                depth, mask, K_crop, R_gt, batch["t"], batch["size"], self.prior_center,
+                self.prior_extent, self.base_rotation, g,
+            )
+
+        # 2. renders with the regressed pose, the correspondences' own, or the label's (canonical units, camera frame)
         R_r, t_r = out.R, out.t
-        if fit:
+        if label is not None and self.render_pose == "label":
+            R_r, t_r = label[2], label[3] / label[4].view(-1, 1)  # metres -> canonical units
+        elif fit:
             assert out.confidence is not None
             R_fit, t_fit, ok = fitted_render_pose(out.match, out.confidence, out.vertices.detach(), depth, mask,
                                                   K_crop)
@@ -609,15 +630,9 @@ class LossModule(nn.Module):
             terms["deform"] = L.deformation_loss(out.vertices, m.mean_v)
         if "pull_far" in on:
             terms["pull_far"] = L.pull_far_loss(out.t)
-        labelled = {"synthetic_gt", "pose_gt"} & on if self.supervision == "synthetic-gt" else set()
         if labelled:
-            if "R" not in batch:
-                raise KeyError("supervision 'synthetic-gt' needs ground-truth poses (R, t, size) in the batch")
-            R_gt = canonical_azimuth(batch["R"], batch["t"]) if self.y_symmetric else batch["R"]
-            coords, valid, R_can, t_can, scale = gt_canonical_grid(
-                depth, mask, K_crop, R_gt, batch["t"], batch["size"], self.prior_center,
-                self.prior_extent, self.base_rotation, g,
-            )
+            assert label is not None
+            coords, valid, R_can, t_can, scale = label
             if "synthetic_gt" in labelled:
                 m_term, i_term = L.synthetic_gt_correspondence_loss(
                     out.match, out.imatch, out.vertices, coords, valid & mask_g, R_can, t_can, K_ndc, scale

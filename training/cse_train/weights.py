@@ -85,10 +85,11 @@ RISING: tuple[str, ...] = ("match", "imatch")
 # Optimiser parameter groups (docs/reference.md §3.7), in the order the reference builds them.
 PARAM_GROUPS: tuple[str, ...] = ("mean_v", "pose", "shape", "features", "backbone")
 
-RENDER_POSES: tuple[str, ...] = ("head", "fit")
+RENDER_POSES: tuple[str, ...] = ("head", "fit", "label")
 """The pose the render-and-compare terms use (``TrainConfig.render_pose``): ``head``, the regressed pose (the
 reference); ``fit``, the pose of the network's own correspondences on the depth (ours, for fine-tuning a model
-whose head is far off)."""
+whose head is far off); ``label``, the batch's pose labels (ours: with ``adapt --pseudo-labels``, the pose the
+node's pipeline gave the frame)."""
 
 NAN_POLICY = "zero_all_grads"
 """If any gradient is NaN (ours: or +-inf) after backward, every gradient is zeroed and the optimiser still

@@ -161,15 +161,16 @@ GRADIENT_ROUTES: dict[str, set[str]] = {
 }
 
 
-#: With ``render_pose='fit'`` the renders and the 3D->2D cycle use the correspondences' own (detached) pose:
-#: the pose head gets no gradient from them, everything else is routed as above.
+#: With ``render_pose='fit'`` (the correspondences' own, detached pose) or ``'label'`` (the batch's pose labels) the
+#: renders and the 3D->2D cycle get no gradient into the pose head; everything else is routed as above.
 FIT_ROUTES: dict[str, set[str]] = {
     name: groups - {"pose"} if name in ("mask", "depth", "texture", "imatch") else groups
     for name, groups in GRADIENT_ROUTES.items()
 }
 
 
-@pytest.mark.parametrize(("render_pose", "routes"), [("head", GRADIENT_ROUTES), ("fit", FIT_ROUTES)])
+@pytest.mark.parametrize(("render_pose", "routes"),
+                         [("head", GRADIENT_ROUTES), ("fit", FIT_ROUTES), ("label", FIT_ROUTES)])
 def test_each_loss_term_reaches_the_parameters_it_should(tiny_data: Path, render_pose: str,
                                                          routes: dict[str, set[str]]) -> None:
     """Every term of the loss, back-propagated alone on one batch, moves exactly its parameter groups."""
@@ -196,6 +197,29 @@ def test_each_loss_term_reaches_the_parameters_it_should(tiny_data: Path, render
         reached = {g["name"] for g in groups
                    if any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in g["params"])}
         assert reached == routes[name], (name, reached)
+
+
+def test_label_render_pose_renders_with_the_labels(tiny_data: Path) -> None:
+    """render_pose='label': the silhouette is rendered under the batch's pose labels, so the mask term is small
+    at the true labels and grows when the labels are turned; without labels the setting is refused."""
+    from cse_train.data.batching import VideoBatchSampler
+    from cse_train.train import LossModule, _build_dataset
+
+    torch.manual_seed(0)
+    cfg = _cfg(tiny_data, Path("unused"), supervision="synthetic-gt", render_pose="label")
+    model = CSENet.from_category("mug", cfg.model_config())
+    dataset = _build_dataset(cfg, model.cfg.crop_size)
+    batch = dataset.collate([dataset[i] for i in next(iter(VideoBatchSampler(dataset.video_items, 2, 2, 1)))])
+    losses = LossModule(model, 32, 200, None, None, 2, 16, 32, False, "synthetic-gt", "label")
+    with torch.no_grad():
+        right = float(losses(batch, {"mask": 1.0})[1]["mask"])
+        turn = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # 90 deg about x
+        wrong = float(losses({**batch, "R": batch["R"] @ turn}, {"mask": 1.0})[1]["mask"])
+    assert right < 0.5 * wrong, (right, wrong)
+    with pytest.raises(ValueError, match="label"):
+        _cfg(tiny_data, Path("unused"), supervision="self", render_pose="label")
+    with pytest.raises(ValueError, match="label"):
+        LossModule(model, 32, 200, None, None, 2, 16, 32, False, "self", "label")
 
 
 def test_fitted_render_pose_recovers_the_pose_through_wrong_cells(tiny_data: Path) -> None:
