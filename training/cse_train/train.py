@@ -575,7 +575,8 @@ class LossModule(nn.Module):
 
         # 2. renders with the regressed pose, the correspondences' own, or the label's (canonical units, camera frame)
         R_r, t_r = out.R, out.t
-        if label is not None and self.render_pose == "label":
+        if self.render_pose == "label":
+            assert label is not None
             R_r, t_r = label[2], label[3] / label[4].view(-1, 1)  # metres -> canonical units
         elif fit:
             assert out.confidence is not None
