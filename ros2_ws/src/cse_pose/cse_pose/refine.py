@@ -22,7 +22,8 @@ MIN_OBSERVED_POINTS = 10
 #: 2.9 ms, and on the mug's validation split 1,000 points kept the 10deg5cm gain of 3,000 (85.0 vs 84.2 %).
 MAX_OBSERVED_POINTS = 1000
 #: Points sampled on the model surface (area-weighted, fixed seed). On the mug's validation split (120 frames)
-#: 1,000 against 2,000: 10deg5cm 87.5 / 87.5 %, 5deg2cm 58.3 / 51.7 %, 2.2 / 2.7 ms a mug.
+#: 1,000 against 2,000: 10deg5cm 87.5 / 87.5 %, 5deg2cm 58.3 / 51.7 % (500: 85.8 / 37.5 %); make bench's
+#: `refine` column 1.8-2.0 ms a mug with 1,000 (2.2-2.7 in the run before, with 2,000).
 SURFACE_SAMPLES = 1000
 
 
