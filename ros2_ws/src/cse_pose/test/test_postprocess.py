@@ -103,8 +103,6 @@ def test_icp_refine_recovers_a_small_offset():
     assert np.linalg.norm(t_fixed - t) < 0.001
 
 
-
-
 def test_a_model_without_faces_is_served_unrefined_with_the_reason(tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime runs the oracle model")
     from cse_pose.inference import load_model
