@@ -38,7 +38,7 @@ adapt: $(VENV)/.stamp  ## CATEGORY=<category> DATA=<from-bag --out> [STEPS=1000]
 	@test -n "$(DATA)" || { echo "usage: make adapt CATEGORY=mug DATA=data/mine [STEPS=1000] (DATA: python -m cse_train from-bag ... --out DATA)"; exit 2; }
 	$(PY) -m cse_train adapt --category $(CATEGORY) --data $(DATA) --steps $(STEPS) $(ADAPT_ARGS)
 
-eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out test splits (training's renderer, and the lit split: pybullet's TinyRenderer, EVAL_ARGS='--lit-renderer open3d' for open3d's) + baselines (a)(b)(c); tables in out/eval (EVAL_ARGS='--splits synthetic' for the first only)
+eval: $(VENV)/.stamp  ## every models/*.onnx on its held-out test splits (training's renderer; the lit split: pybullet's TinyRenderer, EVAL_ARGS='--lit-renderer open3d' for open3d's; the wide split: shapes beyond the training band) + baselines (a)(b)(c); tables in out/eval (EVAL_ARGS='--splits synthetic' for the first only)
 	$(PY) -m cse_train eval-models --no-progress $(EVAL_ARGS)
 
 bench: $(VENV)/.stamp  ## per-stage latency on oracle and real-network inputs (fp32, int8) vs the reference-equivalent peer; 30/100 Hz load test over DDS; memory over 10,000 frames (BENCH_ARGS=...)

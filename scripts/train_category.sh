@@ -3,6 +3,7 @@
 #   scripts/train_category.sh <category> [steps=1000] [out=out/<category>]
 # 1. the synthetic train split: 48 videos x 20-30 frames, 320x240, seed 1 (~40 s; kept when already there);
 #    VIDEOS=N generates N videos into data/train_<N>v instead (the first 48 are the same videos, the rest new shapes);
+#    SHAPES=wide draws the shapes from the real-world ranges (`generate --shapes wide`) into <data dir>_wide;
 # 2. synthetic-GT pre-training of the `small` config, 8 images a step (2 videos x 4 frames), AdamW OneCycle;
 #    texture, rotation-cycle, cross-time cycle, symmetry and Laplacian losses off to fit a 2-core CPU
 #    (~11 min for 1,000 steps there); checkpoints every 250 steps, the last in <out>/pretrain/last.pt;
@@ -26,10 +27,12 @@ INIT=${INIT:-}
 if [ -n "$INIT" ]; then LR=${LR:-2.5e-4}; SEED=${SEED:-1}; else LR=${LR:-5e-4}; SEED=${SEED:-0}; fi
 VERSION=${VERSION:-$CATEGORY-small-sgt-$STEPS-fp16-$(date +%F)}
 VIDEOS=${VIDEOS:-48}
+SHAPES=${SHAPES:-band}
 if [ "$VIDEOS" = 48 ]; then DATA=data/train; else DATA=data/train_${VIDEOS}v; fi
+if [ "$SHAPES" != band ]; then DATA=${DATA}_$SHAPES; fi
 if [ ! -f "$DATA/${CATEGORY}_list_all.txt" ]; then
     "$PY" -m cse_train generate --out "$DATA" --category "$CATEGORY" --split train --videos "$VIDEOS" --frames 20 30 \
-        --width 320 --height 240 --seed 1 --workers 2
+        --width 320 --height 240 --seed 1 --workers 2 --shapes "$SHAPES"
 fi
 START=()
 if [ "${RESUME:-0}" = 1 ] && [ -f "$OUT/pretrain/last.pt" ]; then
@@ -46,5 +49,5 @@ fi
     --checkpoint-every 250 --threads "${THREADS:-1}" "${START[@]}"
 "$PY" -m cse_train export --checkpoint "$OUT/pretrain/last.pt" --out-dir "$OUT/export" --fp16-weights --no-torchscript \
     --version "$VERSION" \
-    --training-data "synthetic RGB-D videos (cse_train.data.synthetic, $CATEGORY, train split: $VIDEOS videos x 20-30 frames, 320x240), synthetic-GT pre-training, $STEPS steps x 8 images${INIT:+ continued from $INIT}, small config"
+    --training-data "synthetic RGB-D videos (cse_train.data.synthetic, $CATEGORY, train split: $VIDEOS videos x 20-30 frames, 320x240, $SHAPES shapes), synthetic-GT pre-training, $STEPS steps x 8 images${INIT:+ continued from $INIT}, small config"
 echo "model: $OUT/export/$CATEGORY.onnx"

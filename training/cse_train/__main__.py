@@ -40,13 +40,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         from .data.synthetic import generate
 
         dirs = generate(args.out, args.category, args.split, args.videos, frames=frames, width=args.width,
-                        height=args.height, seed=args.seed, workers=args.workers)
+                        height=args.height, seed=args.seed, workers=args.workers, shapes=args.shapes)
         print(f"wrote {len(dirs)} videos under {Path(args.out) / args.category}")
         return 0
     from .data.lit import generate_lit
 
     stats = generate_lit(args.out, args.category, args.videos, frames=frames, width=args.width, height=args.height,
-                         seed=args.seed, split=args.split, workers=args.workers, renderer=args.renderer)
+                         seed=args.seed, split=args.split, workers=args.workers, renderer=args.renderer,
+                         shapes=args.shapes)
     print(f"wrote {args.videos} videos under {Path(args.out) / args.category} ({args.renderer}): "
           f"{stats.rendered}/{stats.frames} frames rendered in {stats.render_s:.0f} s, {stats.skipped} skipped")
     return 0
@@ -89,13 +90,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_models(args: argparse.Namespace) -> int:
-    from .shipped import TEST_SPLIT, TEST_SPLIT_LIT, evaluate_shipped
+    from .shipped import TEST_SPLIT, TEST_SPLIT_LIT, TEST_SPLIT_WIDE, evaluate_shipped
 
     spec = dict(TEST_SPLIT, videos=args.videos, frames=[args.frames, args.frames])
     lit_spec = dict(TEST_SPLIT_LIT, **spec, renderer=args.lit_renderer)
+    wide_spec = dict(TEST_SPLIT_WIDE, videos=max(1, (args.videos + 1) // 2), frames=spec["frames"])
     evaluate_shipped(args.models, args.data, args.out, categories=args.categories, spec=spec, workers=args.workers,
                      progress=not args.no_progress, splits=args.splits, lit_data_root=args.lit_data,
-                     lit_spec=lit_spec)
+                     lit_spec=lit_spec, wide_data_root=args.wide_data, wide_spec=wide_spec)
     return 0
 
 
@@ -334,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--renderer", default="synthetic", choices=("synthetic", "tiny", "open3d"),
                    help="synthetic: training's renderer and textures; tiny / open3d: the lit split's renderers and "
                         "texture families (cse_train.data.lit), a shifted domain")
+    g.add_argument("--shapes", default="band", choices=("band", "wide", "outside"),
+                   help="target shapes: band, the split's bands of the shipped models' ranges; wide, of the "
+                        "real-world ranges (cse_train.shapes.SHAPE_PARAM_WIDE); outside, at least one parameter "
+                        "outside the band ranges")
     g.set_defaults(func=_cmd_generate)
 
     t = sub.add_parser("train", help="self-supervised training of one category (torchrun for DDP)")
@@ -408,11 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--videos", type=int, default=20, help="test videos per category")
     m.add_argument("--frames", type=int, default=12, help="frames per test video")
     m.add_argument("--workers", type=int, default=2, help="processes generating the test videos")
-    m.add_argument("--splits", nargs="+", choices=["synthetic", "lit"], default=["synthetic", "lit"],
-                   help="synthetic: training's renderer; lit: the same scenes through another renderer")
+    m.add_argument("--splits", nargs="+", choices=["synthetic", "lit", "wide"], default=["synthetic", "lit", "wide"],
+                   help="synthetic: training's renderer; lit: the same scenes through another renderer; wide: "
+                        "target shapes partly outside the training band (half as many videos)")
     m.add_argument("--lit-renderer", dest="lit_renderer", default="tiny", choices=["tiny", "open3d"],
                    help="the lit split's renderer: pybullet's TinyRenderer, or open3d's (slow without a GPU)")
     m.add_argument("--lit-data", dest="lit_data", default="data/eval_lit", help="the lit split is generated here once")
+    m.add_argument("--wide-data", dest="wide_data", default="data/eval_wide",
+                   help="the wide split is generated here once")
     m.add_argument("--no-progress", dest="no_progress", action="store_true")
     m.set_defaults(func=_cmd_eval_models)
 

@@ -28,8 +28,8 @@ from cse_pose.core.categories import CATEGORIES, SYMMETRY, check_category, is_sy
 from cse_pose.core.errors import InvalidInputError
 
 __all__ = [
-    "CATEGORIES", "SHAPE_PARAM_RANGES", "SYMMETRY", "Mesh", "base_rotation", "build_shape", "check_category",
-    "default_shape_params", "is_symmetric", "load_obj", "normalize_vertices", "prior_mesh",
+    "CATEGORIES", "SHAPE_PARAM_RANGES", "SHAPE_PARAM_WIDE", "SYMMETRY", "Mesh", "base_rotation", "build_shape",
+    "check_category", "default_shape_params", "is_symmetric", "load_obj", "normalize_vertices", "prior_mesh",
 ]
 
 #: Proper rotation B (row-major, ``v_pub = B @ v``) from the authors' .obj prior frame to ours.
@@ -82,6 +82,20 @@ SHAPE_PARAM_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "handle_radius": (0.018, 0.032),  # radius of the handle's centre line
         "handle_thickness": (0.005, 0.009),  # radius of the handle's tube
     },
+}
+
+#: Real-world ranges of the metric parameters, each containing its ``SHAPE_PARAM_RANGES`` range (the band the
+#: first models were trained on); parameters not listed keep their range. Sources: everyday objects (drink cans
+#: 7-17 cm tall, food cans up to 10 cm across; bottles 12-35 cm; mugs 7-12 cm tall, espresso to jumbo handles;
+#: bowls 9-28 cm across; compact to DSLR cameras; 11-17" laptops).
+SHAPE_PARAM_WIDE: dict[str, dict[str, tuple[float, float]]] = {
+    "bottle": {"radius": (0.02, 0.05), "height": (0.12, 0.35)},
+    "bowl": {"radius": (0.045, 0.14), "height": (0.03, 0.10)},
+    "camera": {"width": (0.09, 0.17), "height": (0.05, 0.12), "depth": (0.03, 0.08), "lens_length": (0.015, 0.08)},
+    "can": {"radius": (0.025, 0.05), "height": (0.07, 0.17)},
+    "laptop": {"width": (0.24, 0.42), "depth": (0.16, 0.29), "thickness": (0.006, 0.025)},
+    "mug": {"radius": (0.03, 0.055), "height": (0.07, 0.12), "handle_radius": (0.012, 0.04),
+            "handle_thickness": (0.004, 0.012)},
 }
 
 

@@ -15,7 +15,7 @@ from cse_pose.core.camera import backproject, project
 from cse_pose.core.categories import CATEGORIES
 from cse_train.data import synthetic as syn
 from cse_train.data import wild6d_format as fmt
-from cse_train.shapes import SHAPE_PARAM_RANGES
+from cse_train.shapes import SHAPE_PARAM_RANGES, SHAPE_PARAM_WIDE
 
 W, H = 160, 120
 
@@ -120,6 +120,54 @@ def test_split_disjointness_of_shape_parameters_and_textures() -> None:
             for tex in [scene.target_texture, scene.table["texture"]] + [d["texture"] for d in scene.distractors]:
                 assert tex["seed"] % 3 == syn.SPLITS.index(split)
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"])
+
+
+def test_band_shapes_reproduce_the_evaluated_test_split() -> None:
+    """The default shape mode draws exactly what it drew when make eval's test split was generated (the first
+    mug test video of seed 7, recorded then), so the published figures stay reproducible."""
+    params = syn.sample_scene("mug", "test", syn.video_seed(7, 0), (12, 12)).shape_params
+    recorded = {"radius": 0.04547624588847308, "height": 0.08816615873605371, "wall": 0.0039640469764469,
+                "handle_radius": 0.023075545404980097, "handle_thickness": 0.007654959238368179}
+    assert params == pytest.approx(recorded, rel=1e-12)
+    default = syn.sample_scene("mug", "test", 4, (2, 2)).to_dict()
+    assert syn.sample_scene("mug", "test", 4, (2, 2), "band").to_dict() == default
+    with pytest.raises(ValueError, match="shapes must be one of"):
+        syn.sample_scene("mug", "test", 4, (2, 2), "huge")
+
+
+def test_wide_shapes_extend_the_bands_and_keep_the_splits_disjoint() -> None:
+    for category in CATEGORIES:
+        for name, (wlo, whi) in SHAPE_PARAM_WIDE[category].items():
+            lo, hi = SHAPE_PARAM_RANGES[category][name]
+            assert wlo <= lo < hi <= whi and (wlo, whi) != (lo, hi), (category, name)
+        ext = {s: syn.extension_bands(category, s) for s in syn.SPLITS}
+        for name in SHAPE_PARAM_WIDE[category]:
+            lo, hi = SHAPE_PARAM_RANGES[category][name]
+            wlo, whi = SHAPE_PARAM_WIDE[category][name]
+            assert math.isclose(sum(b - a for s in syn.SPLITS for a, b in ext[s][name]), (whi - wlo) - (hi - lo))
+            for s1 in syn.SPLITS:
+                assert all(b <= lo or a >= hi for a, b in ext[s1][name])  # outside the band range
+                for s2 in syn.SPLITS:
+                    if s1 < s2:
+                        assert all(b1 <= a2 or b2 <= a1 for a1, b1 in ext[s1][name] for a2, b2 in ext[s2][name])
+    for split in syn.SPLITS:
+        outside_seen = inside_seen = 0
+        for seed in range(12):
+            for shapes in ("wide", "outside"):
+                params = syn.sample_scene("can", split, seed, (2, 2), shapes).shape_params
+                for name, value in params.items():
+                    assert syn.split_of_param("can", name, value) == split
+                lo_h, hi_h = SHAPE_PARAM_RANGES["can"]["height"]
+                lo_r, hi_r = SHAPE_PARAM_RANGES["can"]["radius"]
+                out = not (lo_h <= params["height"] <= hi_h and lo_r <= params["radius"] <= hi_r)
+                if shapes == "outside":
+                    assert out, params  # at least one parameter beyond the band
+                else:
+                    outside_seen += out
+                    inside_seen += not out
+        assert outside_seen and inside_seen  # 'wide' mixes both
+    with pytest.raises(ValueError, match="outside its range"):
+        syn.split_of_param("can", "height", 0.05)
 
 
 def test_frame_count_range_and_camera_trajectory() -> None:

@@ -220,6 +220,28 @@ def test_evaluate_shipped_scores_the_lit_split_with_its_renderer(tmp_path: Path)
     assert "## can (lit split)" in summary and "## can (synthetic split)" in summary
 
 
+def test_evaluate_shipped_scores_the_wide_split_without_targets(tmp_path: Path):
+    """The wide split (target shapes partly outside the training band) is generated once with its own stamp and
+    scored with its tables, without the acceptance target line of the other two splits."""
+    from cse_train.shapes import SHAPE_PARAM_RANGES
+
+    torch.manual_seed(0)
+    model = CSENet.from_category("can", get_config("small", **TINY))
+    models = tmp_path / "models"
+    export_model(save_checkpoint(tmp_path / "ckpt.pt", model), models, torchscript=False, fp16_weights=True)
+    spec = {"split": "test", "videos": 1, "frames": [2, 2], "width": 160, "height": 120, "seed": 3, "shapes": "outside"}
+    results = evaluate_shipped(models, tmp_path / "data", tmp_path / "out", workers=1, splits=["wide"],
+                               wide_data_root=tmp_path / "wide", wide_spec=spec)
+    assert list(results) == ["can/wide"] and all(r.summary["frames"] == 2 for r in results["can/wide"])
+    assert json.loads((tmp_path / "wide" / "can" / "split.json").read_text()) == spec
+    scene = json.loads(next((tmp_path / "wide" / "can").glob("*/00/scene.json")).read_text())["scene"]
+    params = scene["shape_params"]
+    assert any(not lo <= params[k] <= hi for k, (lo, hi) in SHAPE_PARAM_RANGES["can"].items())
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## can (wide split)" in summary and "targets (" not in summary
+    assert (tmp_path / "out" / "wide" / "can.json").is_file()
+
+
 def test_target_line_checks_every_acceptance_target():
     from cse_train.evaluate import EvalReport
     from cse_train.shipped import _target_line

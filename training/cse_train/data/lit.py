@@ -640,9 +640,10 @@ def write_lit_video(out_dir: str | Path, scene: SceneSpec, object_dir: str, sequ
 
 def generate_lit(out_dir: str | Path, category: str, n_videos: int, frames: tuple[int, int] = (12, 12),
                  width: int = 640, height: int = 480, seed: int = 0, split: str = "test", workers: int = 1,
-                 frame_timeout_s: float = 60.0, progress: bool = True, renderer: str = "tiny") -> LitStats:
+                 frame_timeout_s: float = 60.0, progress: bool = True, renderer: str = "tiny",
+                 shapes: str = "band") -> LitStats:
     """Lit videos of ``category`` under ``<out_dir>/<category>/<i:05d>/00`` (as ``synthetic.generate``: video
-    ``i`` is ``sample_scene(category, split, video_seed(seed, i), frames)``, so the same arguments give the
+    ``i`` is ``sample_scene(category, split, video_seed(seed, i), frames, shapes)``, so the same arguments give the
     same scenes as the synthetic split, rendered differently) by ``renderer`` (:data:`LIT_RENDERERS`).
     ``workers`` videos render at a time (threads, each driving its own renderer process). Returns the summed
     :class:`LitStats`."""
@@ -654,7 +655,7 @@ def generate_lit(out_dir: str | Path, category: str, n_videos: int, frames: tupl
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def one(i: int) -> LitStats:
-        scene = sample_scene(category, split, video_seed(seed, i), tuple(frames))
+        scene = sample_scene(category, split, video_seed(seed, i), tuple(frames), shapes)
         return write_lit_video(out_dir, scene, f"{i:05d}", "00", width, height, frame_timeout_s=frame_timeout_s,
                                renderer=renderer)
 

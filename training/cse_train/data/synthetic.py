@@ -20,6 +20,12 @@ Splits. Every shape-parameter range is cut into ``N_BANDS`` interleaved bands, e
 (:func:`param_bands`), so the shapes of ``train``, ``val`` and ``test`` never share a parameter value;
 texture seeds are disjoint too (``texture_seed % 3`` = split index).
 
+Shape modes (:data:`SHAPE_MODES`). ``band``: the split's bands of ``SHAPE_PARAM_RANGES`` (the shipped
+models' training and ``make eval``'s first splits). ``wide``: the real-world ranges ``SHAPE_PARAM_WIDE``,
+whose extensions below and above each band range are cut into interleaved bands the same way, so the splits
+stay disjoint. ``outside``: as ``wide`` with at least one parameter in an extension band: shapes no
+``band``-trained model has seen (``make eval``'s ``wide`` split).
+
 Determinism: everything is a function of (category, split, seed) and the frame index.
 """
 
@@ -39,7 +45,7 @@ import numpy as np
 
 from cse_pose.core.categories import CATEGORIES, check_category
 from cse_pose.core.raster import RasterMesh, rasterize
-from cse_train.shapes import SHAPE_PARAM_RANGES, Mesh, build_shape
+from cse_train.shapes import SHAPE_PARAM_RANGES, SHAPE_PARAM_WIDE, Mesh, build_shape
 
 from . import wild6d_format as fmt
 
@@ -48,11 +54,13 @@ __all__ = [
     "HANDLE_MIN_PIXELS",
     "N_BANDS",
     "REF_SIZE",
+    "SHAPE_MODES",
     "SPLITS",
     "TEXTURE_FAMILIES",
     "Frame",
     "SceneSpec",
     "generate",
+    "extension_bands",
     "param_bands",
     "render_frame",
     "sample_scene",
@@ -66,6 +74,8 @@ __all__ = [
 #: Reference resolution of the sampled intrinsics (fx, fy in 500-620 px at 640 x 480).
 REF_SIZE: tuple[int, int] = (640, 480)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: How shape parameters are drawn (module docstring): the band ranges, the real-world ranges, or outside the band.
+SHAPE_MODES: tuple[str, ...] = ("band", "wide", "outside")
 #: Bands per shape-parameter range and the split owning each (train 60 %, val 20 %, test 20 %).
 N_BANDS = 10
 _BAND_OWNER: tuple[str, ...] = ("train", "val", "train", "test", "train", "train", "test", "train", "val", "train")
@@ -89,39 +99,86 @@ _HANDLE_MARGIN_M = 5e-4
 # ----------------------------------------------------------------------------------------------------------
 
 
-def param_bands(category: str, split: str) -> dict[str, list[tuple[float, float]]]:
+def _owned_bands(lo: float, hi: float, split: str) -> list[tuple[float, float]]:
+    """The bands of [lo, hi] (cut into ``N_BANDS``, owners ``_BAND_OWNER``) that ``split`` owns."""
+    edges = np.linspace(lo, hi, N_BANDS + 1)
+    return [(float(edges[b]), float(edges[b + 1])) for b in range(N_BANDS) if _BAND_OWNER[b] == split]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def param_bands(category: str, split: str, wide: bool = False) -> dict[str, list[tuple[float, float]]]:
     """Bands of every shape parameter owned by ``split``: name -> [(low, high), ...].
 
     Each range of ``SHAPE_PARAM_RANGES[category]`` is cut into ``N_BANDS`` equal bands assigned to the
     splits in the fixed interleaved pattern ``_BAND_OWNER``; bands of different splits share at most an
-    end point, so no parameter value is sampled by two splits (up to that measure-zero boundary).
+    end point, so no parameter value is sampled by two splits (up to that measure-zero boundary). With
+    ``wide``, the split's :func:`extension_bands` are added.
     """
     check_category(category)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_split(split)
+    out = {name: _owned_bands(lo, hi, split) for name, (lo, hi) in SHAPE_PARAM_RANGES[category].items()}
+    if wide:
+        for name, bands in extension_bands(category, split).items():
+            out[name] += bands
+    return out
+
+
+def extension_bands(category: str, split: str) -> dict[str, list[tuple[float, float]]]:
+    """Bands owned by ``split`` of the parts of ``SHAPE_PARAM_WIDE`` outside ``SHAPE_PARAM_RANGES``: name ->
+    [(low, high), ...] for the parameters with a wider real-world range. The part below and the part above the
+    band range are each cut into ``N_BANDS`` bands with the owners ``_BAND_OWNER``."""
+    check_category(category)
+    _check_split(split)
     out: dict[str, list[tuple[float, float]]] = {}
-    for name, (lo, hi) in SHAPE_PARAM_RANGES[category].items():
-        edges = np.linspace(lo, hi, N_BANDS + 1)
-        out[name] = [(float(edges[b]), float(edges[b + 1])) for b in range(N_BANDS) if _BAND_OWNER[b] == split]
+    for name, (wlo, whi) in SHAPE_PARAM_WIDE[category].items():
+        lo, hi = SHAPE_PARAM_RANGES[category][name]
+        out[name] = [b for a, z in ((wlo, lo), (hi, whi)) if z > a for b in _owned_bands(a, z, split)]
     return out
 
 
 def split_of_param(category: str, name: str, value: float) -> str:
-    """The split whose band contains ``value`` of parameter ``name`` (raises if outside the range)."""
+    """The split whose band contains ``value`` of parameter ``name`` (raises if outside the real-world range)."""
     lo, hi = SHAPE_PARAM_RANGES[check_category(category)][name]
-    if not lo <= value <= hi:
-        raise ValueError(f"{category}.{name} = {value} outside its range [{lo}, {hi}]")
+    wlo, whi = SHAPE_PARAM_WIDE[category].get(name, (lo, hi))
+    if not wlo <= value <= whi:
+        raise ValueError(f"{category}.{name} = {value} outside its range [{wlo}, {whi}]")
+    if value < lo:
+        lo, hi = wlo, lo
+    elif value > hi:
+        lo, hi = hi, whi
     band = min(int((value - lo) / (hi - lo) * N_BANDS), N_BANDS - 1)
     return _BAND_OWNER[band]
 
 
-def _sample_params(category: str, split: str, rng: np.random.Generator) -> dict[str, float]:
-    """One value per shape parameter, uniform over the union of the split's bands (all bands equal)."""
+def _inside(band: tuple[float, float], rng: np.random.Generator) -> float:
+    """A uniform value strictly inside ``band``, so the value's owner is unambiguous."""
+    lo, hi = band
+    return float(lo + (hi - lo) * rng.uniform(1e-6, 1.0 - 1e-6))
+
+
+def _sample_params(category: str, split: str, rng: np.random.Generator, shapes: str = "band") -> dict[str, float]:
+    """One value per shape parameter: ``band``, uniform over the union of the split's bands (all bands equal);
+    ``wide``, uniform over the union of its bands of the real-world range; ``outside``, as ``wide`` but one
+    parameter, drawn among those with an extension, uniform over its extension bands."""
+    if shapes not in SHAPE_MODES:
+        raise ValueError(f"shapes must be one of {SHAPE_MODES}, got {shapes!r}")
+    if shapes == "band":  # the draws of the shipped splits, unchanged
+        return {name: _inside(bands[int(rng.integers(len(bands)))], rng)
+                for name, bands in param_bands(category, split).items()}
+    forced = None
+    extensions = extension_bands(category, split)
+    if shapes == "outside":
+        names = sorted(extensions)
+        forced = names[int(rng.integers(len(names)))]
     params = {}
-    for name, bands in param_bands(category, split).items():
-        lo, hi = bands[int(rng.integers(len(bands)))]
-        # Stay strictly inside the band so the value's owner is unambiguous.
-        params[name] = float(lo + (hi - lo) * rng.uniform(1e-6, 1.0 - 1e-6))
+    for name, bands in param_bands(category, split, wide=True).items():
+        pool = extensions[name] if name == forced else bands
+        widths = np.array([hi - lo for lo, hi in pool])
+        params[name] = _inside(pool[int(rng.choice(len(pool), p=widths / widths.sum()))], rng)
     return params
 
 
@@ -592,26 +649,26 @@ def _blocks_view(eyes: np.ndarray, target_c: np.ndarray, target_r: float, c: np.
 
 
 def sample_scene(
-    category: str, split: str, seed: int, frames: tuple[int, int] = (20, 60)
+    category: str, split: str, seed: int, frames: tuple[int, int] = (20, 60), shapes: str = "band"
 ) -> SceneSpec:
-    """Sample a scene deterministically from (category, split, seed).
+    """Sample a scene deterministically from (category, split, seed, shapes).
 
     Args:
         category: target category (``core.priors.CATEGORIES``).
         split: 'train' | 'val' | 'test' (selects the shape-parameter bands and texture seeds).
         seed: any integer.
         frames: inclusive (min, max) number of frames of the video.
+        shapes: the target's shape mode, one of :data:`SHAPE_MODES` (distractors always draw from the bands).
     Returns:
         The :class:`SceneSpec`.
     """
     check_category(category)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_split(split)
     if not 1 <= frames[0] <= frames[1]:
         raise ValueError(f"frames must be (min, max) with 1 <= min <= max, got {frames}")
     rng = _scene_rng(category, split, seed)
     n_frames = int(rng.integers(frames[0], frames[1] + 1))
-    params = _sample_params(category, split, rng)
+    params = _sample_params(category, split, rng, shapes)
     size = _shape_mesh(category, tuple(sorted(params.items()))).extent.astype(np.float64)
     diag = float(np.linalg.norm(size))
     camera = {
@@ -981,10 +1038,10 @@ def video_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(1)[0])
 
 
-def _generate_one(job: tuple[str, str, str, int, int, tuple[int, int], int, int]) -> str:
-    out_dir, category, split, index, seed, frames, width, height = job
+def _generate_one(job: tuple[str, str, str, int, int, tuple[int, int], int, int, str]) -> str:
+    out_dir, category, split, index, seed, frames, width, height, shapes = job
     cv2.setNumThreads(1)
-    scene = sample_scene(category, split, video_seed(seed, index), frames)
+    scene = sample_scene(category, split, video_seed(seed, index), frames, shapes)
     return str(write_video(out_dir, scene, f"{index:05d}", "00", width, height))
 
 
@@ -998,10 +1055,11 @@ def generate(
     height: int = 480,
     seed: int = 0,
     workers: int = 1,
+    shapes: str = "band",
 ) -> list[Path]:
     """Generate ``n_videos`` synthetic videos of ``category`` in Wild6D's layout under ``out_dir``.
 
-    Video ``i`` is ``sample_scene(category, split, video_seed(seed, i), frames)`` written to
+    Video ``i`` is ``sample_scene(category, split, video_seed(seed, i), frames, shapes)`` written to
     ``<out_dir>/<category>/<i:05d>/00/``; its ground truth goes to ``<out_dir>/pkl_annotations/``. A list
     file ``<out_dir>/<category>_list_all.txt`` (lines ``"<objIdx>_<seqIdx>"`` indexing the sorted
     listings, the reference's format) covers every sequence present afterwards. Deterministic given the
@@ -1013,11 +1071,12 @@ def generate(
     from tqdm import tqdm
 
     check_category(category)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_split(split)
+    if shapes not in SHAPE_MODES:
+        raise ValueError(f"shapes must be one of {SHAPE_MODES}, got {shapes!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir), category, split, i, int(seed), tuple(frames), int(width), int(height))
+    jobs = [(str(out_dir), category, split, i, int(seed), tuple(frames), int(width), int(height), shapes)
             for i in range(int(n_videos))]
     if workers <= 1:
         results = [_generate_one(j) for j in tqdm(jobs, desc=f"synthetic {category}/{split}", unit="video")]
