@@ -26,7 +26,7 @@ whose extensions below and above each band range are cut into interleaved bands 
 stay disjoint. ``outside``: as ``wide`` with at least one parameter in an extension band: shapes no
 ``band``-trained model has seen (``make eval``'s ``wide`` split).
 
-Determinism: everything is a function of (category, split, seed) and the frame index.
+Determinism: everything is a function of (category, split, seed, shape mode) and the frame index.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ __all__ = [
     "TEXTURE_FAMILIES",
     "Frame",
     "SceneSpec",
-    "generate",
     "extension_bands",
+    "generate",
     "param_bands",
     "render_frame",
     "sample_scene",
