@@ -543,7 +543,8 @@ def evaluate(
             runner = UniformConfidence(runner)
             params = replace(params, ransac_threshold_m=1e3, min_quality=0.0)
         if isinstance(getattr(runner, "inner", runner), GTCorrespondenceBackend):
-            params = replace(params, refine_categories=())  # its "prior" is the ground-truth box: no ICP surface
+            # its "prior" is the ground-truth box: no ICP surface, and no box to measure better than it
+            params = replace(params, refine_categories=(), measure_size_categories=())
         pipeline = PosePipeline({category: runner}, params)
 
     errors: list[PoseErrors | None] = []

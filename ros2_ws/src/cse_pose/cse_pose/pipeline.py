@@ -4,7 +4,8 @@ Per frame: for every instance of the mask that ``classes`` names, the reference 
 then one batched model call per category (``inference``), then per instance the confidence selection
 and lifting (``core.correspondence``), the robust similarity (``core.solver``) and the published pose
 (``core.pose``); then the ICP refinement of each pose against the observed depth for the categories in
-``refine_categories`` (``refine``) and, for trusted poses when enabled, the temporal smoothing per instance
+``refine_categories`` (``refine``), the box measured on the observed depth for ``measure_size_categories``
+(``sizing``) and, for trusted poses when enabled, the temporal smoothing per instance
 (``smoothing``). A bad instance (empty mask, no
 valid depth, too few confident pairs, solver failure, unknown category) gets ``pose=None`` and the
 error's ``reason``; it never fails the frame. Frame-level problems (arrays of the wrong shape or dtype,
@@ -36,14 +37,16 @@ from .core.pose import ObjectPose, pose_from_similarity
 from .core.solver import ransac_umeyama
 from .display import neutral_vertices
 from .inference.backend import InferenceBackend
-from .refine import SurfaceSampler, refine_pose
+from .refine import SurfaceSampler, observed_points, refine_pose
+from .sizing import MEASURABLE_CATEGORIES, apply_measured_box
 from .smoothing import PoseSmoother
 from .verify import VERIFIABLE_CATEGORIES, PriorMesh, observe, prepare_prior, verify_pose
 
 LOG = logging.getLogger(__name__)
 
 #: Timing keys of :attr:`FrameResult.timings_ms` (milliseconds, summed over instances), plus ``total``.
-#: ``select`` = confidence threshold + pixel selection, ``lift`` = back-projection into 3D-3D pairs.
+#: ``select`` = confidence threshold + pixel selection, ``lift`` = back-projection into 3D-3D pairs, ``refine`` =
+#: everything after the pose (ICP, the measured box, smoothing).
 STAGES: tuple[str, ...] = ("crop", "model", "select", "lift", "solve", "pose", "verify", "refine")
 
 REASON_UNKNOWN_CATEGORY = "unknown_category"
@@ -99,6 +102,10 @@ class PipelineParams:
             mug's body fixes its tilt and position; its azimuth stays the correspondences' (only the handle
             constrains it).
         refine_max_distance_m, refine_iterations: ICP correspondence distance (metres) and iterations.
+        measure_size_categories: categories whose box is measured on their observed depth points in the posed
+            object frame (``sizing``: diameter and height of bottle, bowl and can, the mug's height) instead of
+            taken from the deformed prior, whose proportions are the category's mean whatever the image. A
+            subset of ``sizing.MEASURABLE_CATEGORIES`` (default: all of them), empty = off.
         smoothing_alpha: temporal smoothing weight of the previous pose per instance (0 = off); applied
             when ``process`` gets a ``stamp_s``.
         smoothing_timeout_s: an instance unseen for longer than this (stream time) restarts its smoothing.
@@ -124,6 +131,7 @@ class PipelineParams:
     refine_categories: tuple[str, ...] = ("mug",)
     refine_max_distance_m: float = 0.02
     refine_iterations: int = 5
+    measure_size_categories: tuple[str, ...] = MEASURABLE_CATEGORIES
     smoothing_alpha: float = 0.0
     smoothing_timeout_s: float = 1.0
     verify_categories: tuple[str, ...] = ()
@@ -132,9 +140,13 @@ class PipelineParams:
         problems = []
         object.__setattr__(self, "verify_categories", tuple(str(c) for c in self.verify_categories))
         object.__setattr__(self, "refine_categories", tuple(str(c) for c in self.refine_categories))
+        object.__setattr__(self, "measure_size_categories", tuple(str(c) for c in self.measure_size_categories))
         unknown_refine = [c for c in self.refine_categories if c not in CATEGORIES]
         if unknown_refine:
             problems.append(f"refine_categories must be among {CATEGORIES}, got {unknown_refine}")
+        unknown_measure = [c for c in self.measure_size_categories if c not in MEASURABLE_CATEGORIES]
+        if unknown_measure:
+            problems.append(f"measure_size_categories must be among {MEASURABLE_CATEGORIES}, got {unknown_measure}")
         unknown = [c for c in self.verify_categories if c not in VERIFIABLE_CATEGORIES]
         if unknown:
             problems.append(f"verify_categories must be among {VERIFIABLE_CATEGORIES}, got {unknown}")
@@ -447,9 +459,10 @@ class PosePipeline:
 
     def _postprocess(self, results: list[InstanceResult], depth: np.ndarray, mask: np.ndarray, K: np.ndarray,
                      stamp_s: float | None) -> None:
-        """ICP refinement of every pose (``refine_categories``), then temporal smoothing of the trusted ones,
-        in place. Untrusted poses are refined too, so that every pose returned has been through the same
-        stages (and an evaluation baseline that trusts all its poses gets no refinement ours lacks)."""
+        """ICP refinement of every pose (``refine_categories``), the measured box (``measure_size_categories``),
+        then temporal smoothing of the trusted ones, in place. Untrusted poses are refined too, so that every pose
+        returned has been through the same stages (and an evaluation baseline that trusts all its poses gets no
+        refinement ours lacks)."""
         p = self.params
         smooth = p.smoothing_alpha > 0 and stamp_s is not None
         for result in results:
@@ -469,10 +482,15 @@ class PosePipeline:
                 if not note:
                     result.vertices_cam = result.vertices_cam @ T[:3, :3].T + T[:3, 3]
                     R, t = T[:3, :3] @ R, T[:3, :3] @ t + T[:3, 3]
+            if result.category in p.measure_size_categories:
+                points = observed_points(depth, mask, result.instance_id, K, box=result.crop_box)
+                result.pose, result.vertices_cam = apply_measured_box(
+                    replace(result.pose, R=R, t_m=t), result.vertices_cam, points, result.category)
+                t = result.pose.t_m
             if smooth and result.trusted:
                 R, t = self._smoother.update((result.category, result.instance_id), float(stamp_s), R, t,
                                              p.smoothing_alpha, p.smoothing_timeout_s)
-            if R is not result.pose.R:
+            if R is not result.pose.R or t is not result.pose.t_m:
                 result.pose = replace(result.pose, R=R, t_m=t)
         if smooth:
             self._smoother.forget_older_than(float(stamp_s) - max(p.smoothing_timeout_s, 1.0) * 10)

@@ -194,7 +194,7 @@ class PoseNode(Node):
             min_correspondences=p.min_correspondences, min_inliers=p.min_inliers, min_quality=p.min_quality,
             seed=None if p.ransac_seed < 0 else p.ransac_seed, depth_sampling=p.depth_sampling,
             refine_categories=p.refine_category_list() if self._open3d_ok else (),
-            refine_max_distance_m=p.refine_max_distance_m,
+            refine_max_distance_m=p.refine_max_distance_m, measure_size_categories=p.measure_size_category_list(),
             refine_iterations=p.refine_iterations, smoothing_alpha=p.smoothing_alpha,
             smoothing_timeout_s=p.smoothing_timeout_s, verify_categories=p.verify_category_list(),
         )

@@ -57,6 +57,8 @@ def test_validation_catches_cross_parameter_and_choice_errors():
     assert any("ransac_iterations" in e for e in validate(d.replace({"ransac_iterations": 0})))
     assert any("refine_categories" in e for e in validate(d.replace({"refine_categories": "mug, cup"})))
     assert d.replace({"refine_categories": " mug,, can "}).refine_category_list() == ("mug", "can")
+    assert any("measure_size_categories" in e for e in validate(d.replace({"measure_size_categories": "can,laptop"})))
+    assert d.replace({"measure_size_categories": ""}).measure_size_category_list() == ()
     with pytest.raises(ValueError):
         d.replace({"publish_tf": 1})  # not a bool
     with pytest.raises(ValueError):

@@ -1,0 +1,85 @@
+"""The box measured on the observed depth (cse_pose.sizing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cse_pose.core.errors import InvalidInputError
+from cse_pose.core.pose import ObjectPose
+from cse_pose.core.rotation import random_rotation
+from cse_pose.pipeline import PipelineParams
+from cse_pose.sizing import MEASURABLE_CATEGORIES, apply_measured_box, measured_box
+
+
+def seen_cylinder(radius_m: float, height_m: float, y_shift_m: float = 0.0, n: int = 2000,
+                  noise_m: float = 0.0005, seed: int = 0) -> np.ndarray:
+    """Points of the half of a cylinder's side facing +z and of its top disc (what a camera above and in front
+    sees), object frame, with depth noise and 4 % background pixels far behind it."""
+    rng = np.random.default_rng(seed)
+    side = n * 3 // 4
+    phi = rng.uniform(-np.pi / 2, np.pi / 2, side)
+    y = rng.uniform(-height_m / 2, height_m / 2, side)
+    pts = [np.stack([radius_m * np.sin(phi), y, radius_m * np.cos(phi)], axis=1)]
+    r = radius_m * np.sqrt(rng.uniform(0, 1, n - side))
+    a = rng.uniform(0, 2 * np.pi, n - side)
+    pts.append(np.stack([r * np.cos(a), np.full(n - side, height_m / 2), r * np.sin(a)], axis=1))
+    p = np.concatenate(pts) + rng.normal(0, noise_m, (n, 3))
+    outliers = rng.choice(n, n // 25, replace=False)
+    p[outliers, 2] -= 0.3  # mask-edge pixels whose depth is the wall behind
+    p[:, 1] += y_shift_m
+    return p
+
+
+def test_a_solid_of_revolution_is_measured_from_one_side():
+    gate = np.array([0.1, 0.1, 0.1])  # the background pixels lie beyond it
+    size, centre = measured_box(seen_cylinder(0.045, 0.08), "can", gate)
+    assert np.allclose(size, [0.09, 0.08, 0.09], rtol=0.03), size
+    assert np.allclose(centre, 0.0, atol=0.002), centre
+    # a box placed 1.5 cm too high around the object: the measured centre says where the object is
+    _, centre = measured_box(seen_cylinder(0.045, 0.08, y_shift_m=-0.015), "bottle", gate)
+    ungated, _ = measured_box(seen_cylinder(0.045, 0.08), "can")
+    assert ungated[0] > 0.2  # without the gate the background pixels stretch the box
+    assert centre[1] == pytest.approx(-0.015, abs=0.002)
+
+
+def test_only_what_one_view_shows_is_measured():
+    pts = seen_cylinder(0.04, 0.1)
+    # the mug: the handle and the far side of the body are not seen
+    size, centre = measured_box(pts, "mug", np.array([0.1, 0.1, 0.1]))
+    assert np.isnan(size[[0, 2]]).all() and size[1] == pytest.approx(0.1, rel=0.03)
+    for category in ("camera", "laptop"):
+        assert np.isnan(measured_box(pts, category)[0]).all()
+    assert np.isnan(measured_box(pts[:10], "can")[0]).all()  # too few points
+    assert set(MEASURABLE_CATEGORIES) == {"bottle", "bowl", "can", "mug"}
+
+
+def test_the_measured_box_replaces_the_priors_and_stretches_the_mesh():
+    """A squat can posed with the category's mean (tall, thin) proportions gets its own box; the box centre moves
+    along the object's y axis, wherever that points in the camera; the mesh is stretched to the new box."""
+    R = random_rotation(np.random.default_rng(3))
+    t = np.array([0.05, -0.02, 0.7])
+    true_size = np.array([0.094, 0.084, 0.094])
+    pose = ObjectPose(R=R, t_m=t, size_m=np.array([0.08, 0.147, 0.08]), scale=0.05, quality=0.8, inlier_ratio=0.9,
+                      rms_m=0.002, mean_confidence=0.8, n_correspondences=400)
+    obj = seen_cylinder(0.047, 0.084, y_shift_m=0.01)  # the object sits 1 cm above the posed box centre
+    cam = obj @ R.T + t
+    half = pose.size_m / 2
+    mesh_obj = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
+    new, mesh = apply_measured_box(pose, mesh_obj @ R.T + t, cam, "can")
+    assert np.allclose(new.size_m, true_size, rtol=0.03), new.size_m
+    assert np.allclose((new.t_m - t) @ R, [0.0, 0.01, 0.0], atol=0.002)
+    assert new.R is pose.R and new.quality == pose.quality
+    mesh_new_obj = (mesh - new.t_m) @ R
+    assert np.allclose(mesh_new_obj.max(0) - mesh_new_obj.min(0), new.size_m)
+    assert np.allclose(mesh_new_obj.mean(0), 0.0, atol=1e-12)
+    # nothing measured: the pose comes back as it was
+    same, same_mesh = apply_measured_box(pose, None, cam, "laptop")
+    assert same is pose and same_mesh is None
+
+
+def test_measured_categories_default_to_all_measurable_and_are_checked():
+    assert PipelineParams().measure_size_categories == MEASURABLE_CATEGORIES
+    assert PipelineParams(measure_size_categories=["can"]).measure_size_categories == ("can",)
+    with pytest.raises(InvalidInputError, match="measure_size_categories"):
+        PipelineParams(measure_size_categories=("laptop",))
