@@ -469,11 +469,15 @@ class PosePipeline:
             if result.pose is None:
                 continue
             R, t = np.asarray(result.pose.R, np.float64), np.asarray(result.pose.t_m, np.float64)
-            if result.category in p.refine_categories and result.vertices_cam is not None:
+            refine = result.category in p.refine_categories and result.vertices_cam is not None
+            measure = result.category in p.measure_size_categories
+            if refine or measure:
+                points = observed_points(depth, mask, result.instance_id, K, box=result.crop_box)
+            if refine:
                 try:
                     sampler = self._slots[result.category].surface_sampler(result.vertices_cam)
-                    T, note = refine_pose(depth, mask, result.instance_id, K, result.vertices_cam, sampler,
-                                          p.refine_max_distance_m, p.refine_iterations, result.crop_box)
+                    T, note = refine_pose(points, result.vertices_cam, sampler, p.refine_max_distance_m,
+                                          p.refine_iterations)
                 except ValueError as exc:
                     T, note = np.eye(4), f"refine_failed: {exc}"
                 result.refine_note = note
@@ -482,8 +486,7 @@ class PosePipeline:
                 if not note:
                     result.vertices_cam = result.vertices_cam @ T[:3, :3].T + T[:3, 3]
                     R, t = T[:3, :3] @ R, T[:3, :3] @ t + T[:3, 3]
-            if result.category in p.measure_size_categories:
-                points = observed_points(depth, mask, result.instance_id, K, box=result.crop_box)
+            if measure:
                 result.pose, result.vertices_cam = apply_measured_box(
                     replace(result.pose, R=R, t_m=t), result.vertices_cam, points, result.category)
                 t = result.pose.t_m

@@ -93,25 +93,22 @@ class SurfaceSampler:
         return np.einsum("nk,nkd->nd", self.weights, tri), normals
 
 
-def refine_pose(depth_m: np.ndarray, mask: np.ndarray, instance_id: int, K: np.ndarray,
-                vertices_cam: np.ndarray, sampler: SurfaceSampler, max_distance_m: float, iterations: int,
-                box: CropBox | None = None) -> tuple[np.ndarray, str]:
+def refine_pose(observed_m: np.ndarray, vertices_cam: np.ndarray, sampler: SurfaceSampler, max_distance_m: float,
+                iterations: int) -> tuple[np.ndarray, str]:
     """ICP correction of one instance's posed model against its observed depth.
 
     Args:
-        depth_m: (H, W) depth in metres (0 = invalid); mask: (H, W) instance ids; K: (3, 3).
+        observed_m: (n, 3) the instance's observed points, camera frame (:func:`observed_points`).
         vertices_cam: (N, 3) the deformed, posed model in the camera frame; sampler: its surface samples.
-        box: the instance's crop box (its depth points are looked for only there).
     Returns:
         (T (4, 4) rigid correction, camera frame, ``p' = T p``; identity when not applied,
         note: "" when applied, else why not: ``too_few_points``, ``refine_rejected`` (fitness below
         :data:`MIN_ICP_FITNESS`) or ``refine_failed: <error>``).
     """
-    obs = observed_points(depth_m, mask, instance_id, K, box=box)
-    if len(obs) < MIN_OBSERVED_POINTS:
+    if len(observed_m) < MIN_OBSERVED_POINTS:
         return np.eye(4), "too_few_points"
     try:
-        T, fitness = icp_refine(obs, *sampler(vertices_cam), max_distance_m, iterations)
+        T, fitness = icp_refine(observed_m, *sampler(vertices_cam), max_distance_m, iterations)
     except Exception as exc:  # noqa: BLE001 - refinement is optional: the caller keeps the unrefined pose
         return np.eye(4), f"refine_failed: {type(exc).__name__}: {exc}"
     if fitness < MIN_ICP_FITNESS:
