@@ -318,6 +318,17 @@ def test_lift_coordinates_follow_the_depth_sampling():
         lift_coordinates(u, v, box, "bilinear")
 
 
+def test_relative_threshold_per_category():
+    p = PipelineParams()
+    assert p.threshold_rel("bowl") == 1.0 and p.threshold_rel("mug") == 0.4 and p.threshold_rel("can") == 0.2
+    q = PipelineParams(ransac_threshold_rel=0.3, ransac_threshold_rel_by_category={"can": 0.5})
+    assert q.ransac_threshold_rel_by_category == (("can", 0.5),)
+    assert q.threshold_rel("can") == 0.5 and q.threshold_rel("bowl") == 0.3
+    for bad in ({"cup": 0.5}, {"mug": 1.5}):
+        with pytest.raises(InvalidInputError, match="ransac_threshold_rel_by_category"):
+            PipelineParams(ransac_threshold_rel_by_category=bad)
+
+
 def test_inlier_threshold_grows_with_the_object_and_never_falls_below_the_fixed_one():
     from cse_pose.pipeline import inlier_threshold_m
 

@@ -190,6 +190,7 @@ class PoseNode(Node):
         return PipelineParams(
             min_depth_m=p.min_depth_m, max_depth_m=p.max_depth_m, confidence_floor=p.confidence_floor,
             enlarge=p.enlarge, ransac_threshold_m=p.ransac_threshold_m, ransac_threshold_rel=p.ransac_threshold_rel,
+            ransac_threshold_rel_by_category=p.threshold_rel_by_category_dict(),
             ransac_max_hypotheses=p.ransac_iterations,
             min_correspondences=p.min_correspondences, min_inliers=p.min_inliers, min_quality=p.min_quality,
             seed=None if p.ransac_seed < 0 else p.ransac_seed, depth_sampling=p.depth_sampling,
