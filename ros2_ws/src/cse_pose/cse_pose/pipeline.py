@@ -38,6 +38,7 @@ from .core.solver import ransac_umeyama
 from .display import neutral_vertices
 from .inference.backend import InferenceBackend
 from .refine import SurfaceSampler, observed_points, refine_pose
+from .sizing import DEFAULT_CATEGORIES as DEFAULT_MEASURED_CATEGORIES
 from .sizing import MEASURABLE_CATEGORIES, apply_measured_box
 from .smoothing import PoseSmoother
 from .verify import VERIFIABLE_CATEGORIES, PriorMesh, observe, prepare_prior, verify_pose
@@ -110,9 +111,11 @@ class PipelineParams:
             constrains it).
         refine_max_distance_m, refine_iterations: ICP correspondence distance (metres) and iterations.
         measure_size_categories: categories whose box is measured on their observed depth points in the posed
-            object frame (``sizing``: diameter and height of bottle, bowl and can, the mug's height) instead of
-            taken from the deformed prior, whose proportions are the category's mean whatever the image. A
-            subset of ``sizing.MEASURABLE_CATEGORIES`` (default: all of them), empty = off.
+            object frame (``sizing.MEASURED_AXES``: diameter and height of bottle, bowl and can, the mug's
+            height, all three extents of camera and laptop) instead of taken from the deformed prior, whose
+            proportions are the category's mean whatever the image. A subset of ``sizing.MEASURABLE_CATEGORIES``;
+            default bottle, bowl, can, mug (camera and laptop trade translation tails for box fit, ``sizing``);
+            empty = off.
         smoothing_alpha: temporal smoothing weight of the previous pose per instance (0 = off); applied
             when ``process`` gets a ``stamp_s``.
         smoothing_timeout_s: an instance unseen for longer than this (stream time) restarts its smoothing.
@@ -139,7 +142,7 @@ class PipelineParams:
     refine_categories: tuple[str, ...] = ("mug",)
     refine_max_distance_m: float = 0.02
     refine_iterations: int = 5
-    measure_size_categories: tuple[str, ...] = MEASURABLE_CATEGORIES
+    measure_size_categories: tuple[str, ...] = DEFAULT_MEASURED_CATEGORIES
     smoothing_alpha: float = 0.0
     smoothing_timeout_s: float = 1.0
     verify_categories: tuple[str, ...] = ()

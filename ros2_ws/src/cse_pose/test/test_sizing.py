@@ -9,7 +9,13 @@ from cse_pose.core.errors import InvalidInputError
 from cse_pose.core.pose import ObjectPose
 from cse_pose.core.rotation import random_rotation
 from cse_pose.pipeline import PipelineParams
-from cse_pose.sizing import MEASURABLE_CATEGORIES, apply_measured_box, measured_box
+from cse_pose.sizing import (
+    DEFAULT_CATEGORIES,
+    MEASURABLE_CATEGORIES,
+    MEASURED_AXES,
+    apply_measured_box,
+    measured_box,
+)
 
 
 def seen_cylinder(radius_m: float, height_m: float, y_shift_m: float = 0.0, n: int = 2000,
@@ -43,15 +49,31 @@ def test_a_solid_of_revolution_is_measured_from_one_side():
     assert centre[1] == pytest.approx(-0.015, abs=0.002)
 
 
-def test_only_what_one_view_shows_is_measured():
+def seen_box(extents_m: np.ndarray, n: int = 2000, seed: int = 1) -> np.ndarray:
+    """Points of a box's top face and of the two side faces towards +z and +x (a camera above and in front)."""
+    rng = np.random.default_rng(seed)
+    h = np.asarray(extents_m) / 2
+    top = rng.uniform(-h, h, (n // 3, 3))
+    top[:, 1] = h[1]
+    front = rng.uniform(-h, h, (n // 3, 3))
+    front[:, 2] = h[2]
+    side = rng.uniform(-h, h, (n - 2 * (n // 3), 3))
+    side[:, 0] = h[0]
+    return np.concatenate([top, front, side])
+
+
+def test_each_category_measures_the_axes_one_view_shows():
+    gate = np.array([0.2, 0.2, 0.2])
     pts = seen_cylinder(0.04, 0.1)
-    # the mug: the handle and the far side of the body are not seen
-    size, centre = measured_box(pts, "mug", np.array([0.1, 0.1, 0.1]))
+    size, centre = measured_box(pts, "mug", gate)  # the handle (+x) is often on the far side
     assert np.isnan(size[[0, 2]]).all() and size[1] == pytest.approx(0.1, rel=0.03)
-    for category in ("camera", "laptop"):
-        assert np.isnan(measured_box(pts, category)[0]).all()
+    extents = np.array([0.12, 0.08, 0.06])
+    for category in ("camera", "laptop"):  # top face and front: all three extents
+        size, centre = measured_box(seen_box(extents), category, gate)
+        assert np.allclose(size, extents, rtol=0.03) and np.allclose(centre, 0.0, atol=0.002), (category, size)
     assert np.isnan(measured_box(pts[:10], "can")[0]).all()  # too few points
-    assert set(MEASURABLE_CATEGORIES) == {"bottle", "bowl", "can", "mug"}
+    assert np.isnan(measured_box(pts, "cup")[0]).all()  # no rule
+    assert set(MEASURABLE_CATEGORIES) == set(MEASURED_AXES) == {"bottle", "bowl", "camera", "can", "laptop", "mug"}
 
 
 def test_the_measured_box_replaces_the_priors_and_stretches_the_mesh():
@@ -73,13 +95,15 @@ def test_the_measured_box_replaces_the_priors_and_stretches_the_mesh():
     mesh_new_obj = (mesh - new.t_m) @ R
     assert np.allclose(mesh_new_obj.max(0) - mesh_new_obj.min(0), new.size_m)
     assert np.allclose(mesh_new_obj.mean(0), 0.0, atol=1e-12)
-    # nothing measured: the pose comes back as it was
-    same, same_mesh = apply_measured_box(pose, None, cam, "laptop")
+    # nothing measured (too few points): the pose comes back as it was
+    same, same_mesh = apply_measured_box(pose, None, cam[:10], "can")
     assert same is pose and same_mesh is None
 
 
-def test_measured_categories_default_to_all_measurable_and_are_checked():
-    assert PipelineParams().measure_size_categories == MEASURABLE_CATEGORIES
+def test_measured_categories_default_to_the_solids_of_revolution_and_the_mug_and_are_checked():
+    assert PipelineParams().measure_size_categories == DEFAULT_CATEGORIES == ("bottle", "bowl", "can", "mug")
+    every = PipelineParams(measure_size_categories=MEASURABLE_CATEGORIES)
+    assert every.measure_size_categories == MEASURABLE_CATEGORIES
     assert PipelineParams(measure_size_categories=["can"]).measure_size_categories == ("can",)
     with pytest.raises(InvalidInputError, match="measure_size_categories"):
-        PipelineParams(measure_size_categories=("laptop",))
+        PipelineParams(measure_size_categories=("cup",))

@@ -57,7 +57,7 @@ def test_validation_catches_cross_parameter_and_choice_errors():
     assert any("ransac_iterations" in e for e in validate(d.replace({"ransac_iterations": 0})))
     assert any("refine_categories" in e for e in validate(d.replace({"refine_categories": "mug, cup"})))
     assert d.replace({"refine_categories": " mug,, can "}).refine_category_list() == ("mug", "can")
-    assert any("measure_size_categories" in e for e in validate(d.replace({"measure_size_categories": "can,laptop"})))
+    assert any("measure_size_categories" in e for e in validate(d.replace({"measure_size_categories": "can,cup"})))
     assert d.threshold_rel_by_category_dict() == {"bowl": 1.0, "laptop": 0.4, "mug": 0.4}
     for bad in ("cup:0.3", "mug:1.5", "mug", "mug:x", "mug:0.3,mug:0.4"):
         assert any("ransac_threshold_rel_by_category" in e
