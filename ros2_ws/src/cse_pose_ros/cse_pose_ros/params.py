@@ -143,7 +143,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "proportions; empty = off. Median size error on make eval's wide split (shapes beyond the "
               "training band), prior -> measured: bottle 2.49 -> 1.18, bowl 1.94 -> 0.42, can 2.42 -> 0.69, mug "
               "1.53 -> 0.90 cm. Camera and laptop are not measured by default: their boxes fit better (IoU75 "
-              "25.4 -> 75.8 and 57.9 -> 89.6 %) but occluded ones get shrunk boxes and more translation errors "
+              "25.4 -> 75.8 and 57.9 -> 89.6 %) but table pixels at the mask's edge stretch some boxes "
               "(camera 5deg2cm 61.7 -> 55.4 %, laptop 10deg5cm 93.3 -> 88.8 %)."),
     ParamSpec("refine_iterations", 5, "ICP iterations at most (point-to-plane; it stops earlier once converged).",
               low=1, high=500),
