@@ -318,6 +318,25 @@ def test_lift_coordinates_follow_the_depth_sampling():
         lift_coordinates(u, v, box, "bilinear")
 
 
+def test_the_measured_box_recovers_proportions_the_prior_lacks(tmp_path):
+    """A box whose proportions differ from the model's prior (0.12 x 0.06 x 0.08 m against canonical 1.4 x 2.0 x
+    1.2): the correspondences stretch it onto the prior, so the prior's box comes out too tall and misplaced; the
+    box measured on the depth (the camera rule: all three extents) recovers the size and the centre."""
+    model = load_model(write_oracle_model(tmp_path / "camera.onnx", category="camera"), backend="cpu")
+    size = np.array([0.12, 0.06, 0.08])
+    for measure in ((), ("camera",)):
+        pipe = PosePipeline({"camera": model}, PipelineParams(measure_size_categories=measure))
+        for azimuth, elevation in ((30.0, 35.0), (-120.0, 50.0)):
+            R, t = tabletop_pose(azimuth, elevation, 0.7)
+            rgb, depth, ids = render_oracle_frame(R, t, size, K, W, H)
+            pose = pipe.process(rgb, depth, ids, {1: "camera"}, K).instances[0].pose
+            t_err = float(np.linalg.norm(pose.t_m - t))
+            if measure:
+                assert np.allclose(pose.size_m, size, rtol=0.15) and t_err < 0.006, (pose.size_m, t_err)
+            else:
+                assert pose.size_m[1] > 2 * size[1] and t_err > 0.02, (pose.size_m, t_err)
+
+
 def test_relative_threshold_per_category():
     p = PipelineParams()
     assert p.threshold_rel("bowl") == 1.0 and p.threshold_rel("mug") == 0.4 and p.threshold_rel("can") == 0.2
