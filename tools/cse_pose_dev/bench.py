@@ -1199,7 +1199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(ms; select = confidence threshold + pixel selection, lift = back-projection, pose = box and "
             "published pose, verify = render-and-compare pose verification (row 'verify' only), refine = ICP "
             "against the observed depth (node default refine_categories: the mug) and the box measured on it "
-            "(measure_size_categories: bottle, bowl, can, mug), "
+            "(measure_size_categories: bottle, bowl, can, laptop, mug), "
             "publish = the node's message build and publish; e2e = the node's whole frame callback; "
             "'-' = no such stage)"
         )

@@ -114,8 +114,8 @@ class PipelineParams:
             object frame (``sizing.MEASURED_AXES``: diameter and height of bottle, bowl and can, the mug's
             height, all three extents of camera and laptop) instead of taken from the deformed prior, whose
             proportions are the category's mean whatever the image. A subset of ``sizing.MEASURABLE_CATEGORIES``;
-            default bottle, bowl, can, mug (camera and laptop trade translation tails for box fit, ``sizing``);
-            empty = off.
+            default bottle, bowl, can, laptop, mug (the camera trades 5deg2cm for box fit, ``sizing``); empty =
+            off.
         smoothing_alpha: temporal smoothing weight of the previous pose per instance (0 = off); applied
             when ``process`` gets a ``stamp_s``.
         smoothing_timeout_s: an instance unseen for longer than this (stream time) restarts its smoothing.

@@ -100,8 +100,18 @@ def test_the_measured_box_replaces_the_priors_and_stretches_the_mesh():
     assert same is pose and same_mesh is None
 
 
-def test_measured_categories_default_to_the_solids_of_revolution_and_the_mug_and_are_checked():
-    assert PipelineParams().measure_size_categories == DEFAULT_CATEGORIES == ("bottle", "bowl", "can", "mug")
+def test_an_axis_not_seen_whole_keeps_the_priors_extent():
+    """A laptop seen from behind: its lid spans x and y, but along z only the lid's few centimetres are seen,
+    not the base behind it; z keeps the prior's extent and centre, x and y are measured."""
+    lid = seen_box(np.array([0.34, 0.22, 0.03]))
+    pose = ObjectPose(R=np.eye(3), t_m=np.zeros(3), size_m=np.array([0.36, 0.24, 0.30]), scale=0.15, quality=0.8,
+                      inlier_ratio=0.9, rms_m=0.002, mean_confidence=0.8, n_correspondences=400)
+    new, _ = apply_measured_box(pose, None, lid, "laptop")
+    assert np.allclose(new.size_m[:2], [0.34, 0.22], rtol=0.03) and new.size_m[2] == 0.30 and new.t_m[2] == 0.0
+
+
+def test_measured_categories_default_to_all_but_the_camera_and_are_checked():
+    assert PipelineParams().measure_size_categories == DEFAULT_CATEGORIES == ("bottle", "bowl", "can", "laptop", "mug")
     every = PipelineParams(measure_size_categories=MEASURABLE_CATEGORIES)
     assert every.measure_size_categories == MEASURABLE_CATEGORIES
     assert PipelineParams(measure_size_categories=["can"]).measure_size_categories == ("can",)
