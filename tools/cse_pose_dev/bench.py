@@ -1195,11 +1195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         labels = [m.label for m in methods]
         print(format_table(results, labels, args.objects))
+        from cse_pose.pipeline import PipelineParams
+
+        defaults = PipelineParams()
         print(
             "(ms; select = confidence threshold + pixel selection, lift = back-projection, pose = box and "
             "published pose, verify = render-and-compare pose verification (row 'verify' only), refine = ICP "
-            "against the observed depth (node default refine_categories: the mug) and the box measured on it "
-            "(measure_size_categories: bottle, bowl, can, laptop, mug), "
+            f"against the observed depth (node default refine_categories: {', '.join(defaults.refine_categories)}) "
+            f"and the box measured on it (measure_size_categories: {', '.join(defaults.measure_size_categories)}), "
             "publish = the node's message build and publish; e2e = the node's whole frame callback; "
             "'-' = no such stage)"
         )
