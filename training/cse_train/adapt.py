@@ -15,7 +15,11 @@ them under their state-dict names (``model.<key>``), and the three places where 
   of the named bias: the bias names the layer;
 * the first deformation layer's image-independent part ``mean_v W_xyz^T + b`` became one constant [N, hidden]
   (``ExportWrapper``): ``W_xyz`` and ``b`` are recovered by least squares over the N >> 4 prior vertices,
-  and ``W_code`` is the weight of the ``MatMul`` applied to the shape code.
+  and ``W_code`` is the weight of the ``MatMul`` applied to the shape code;
+* a file whose deformed prior the export folded into a constant (``ExportWrapper``'s ``fold_shape``: the image
+  did not move it) has no shape code or deformation MLP: the rebuilt model gets that constant as ``mean_v`` and
+  a deformation MLP whose last layer is zero (the rest, and the shape code, freshly initialised), which deforms
+  nothing: the same outputs, and training may grow a deformation from there.
 
 The architecture sizes are read from the weight shapes, the crop and grid sizes and the prior's faces from the
 metadata; the other constants of the preset whose widths match (``small`` or ``paper``). The rebuilt model is
@@ -125,8 +129,9 @@ def _consumers(graph: Any) -> dict[str, list[Any]]:
 
 
 def _onnx_state(proto: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(state-dict entries recovered from the graph, facts: ``mean_v``, ``xyz_term``, ``w_code``,
-    ``trunk_convs`` list of module paths, ``slope``)."""
+    """(state-dict entries recovered from the graph, facts: ``mean_v``, ``xyz_term``, ``w_code`` (or
+    ``folded_shape`` True and ``mean_v`` the constant deformed prior), ``trunk_convs`` list of module paths,
+    ``slope``)."""
     graph = proto.graph
     consts = _constants(graph)
     consumers = _consumers(graph)
@@ -170,7 +175,10 @@ def _onnx_state(proto: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             other = [i for i in node.input if i in consts]
             if other:
                 facts["mean_v"] = consts[other[0]].reshape(-1, 3)
-    for key in ("mean_v", "xyz_term", "w_code"):
+        elif node.op_type == "Expand" and "vertices" in node.output and node.input[0] in consts:
+            facts["mean_v"] = consts[node.input[0]].reshape(-1, 3)  # the folded deformed prior
+            facts["folded_shape"] = True
+    for key in ("mean_v",) if facts.get("folded_shape") else ("mean_v", "xyz_term", "w_code"):
         if key not in facts:
             raise RebuildError(f"the graph has no {key} constant where the export puts it (not a cse_train export?)")
     return state, facts
@@ -191,11 +199,12 @@ def _infer_config(state: dict[str, np.ndarray], meta: dict[str, str], facts: dic
         "resnet_widths": widths,
         "resnet_blocks": blocks,
         "feat_dim": int(state["decoder.proj.weight"].shape[0]),
-        "code_dim": int(state["shape_code.weight"].shape[0]),
-        "mlp_hidden": int(state["deformer.layers_xyz.bias"].shape[0]),
-        "mlp_hidden2": int(state["deformer.layers_dir.bias"].shape[0]),
         "stn_hidden": int(state["mesh_encoder.stn.conv1.bias"].shape[0]),
     }
+    if not facts.get("folded_shape"):  # a folded file has no shape code or deformation MLP: the preset's sizes
+        sizes["code_dim"] = int(state["shape_code.weight"].shape[0])
+        sizes["mlp_hidden"] = int(state["deformer.layers_xyz.bias"].shape[0])
+        sizes["mlp_hidden2"] = int(state["deformer.layers_dir.bias"].shape[0])
     if rot_layers:
         sizes["pose_hidden"] = int(state["pose.rot_pred_layer.0.weight"].shape[0])
         sizes["pose_layers"] = len(rot_layers) - 1
@@ -228,12 +237,22 @@ def model_from_onnx(path: str | Path, verify: bool = True, tolerance: float = 2e
     model = CSENet(cfg, np.array(facts["mean_v"]), faces, category=meta["category"], symmetry=symmetry,
                    base_rotation=base, rotation_offset=(tuple(map(float, offsets[0])), tuple(map(float, offsets[1]))))
 
-    # deformer layer 1: xyz_term = mean_v W_xyz^T + b over N vertices -> least squares for (W_xyz, b)
-    mean_v = facts["mean_v"].astype(np.float64)
-    design = np.concatenate([mean_v, np.ones((len(mean_v), 1))], axis=1)
-    solution, *_ = np.linalg.lstsq(design, facts["xyz_term"].astype(np.float64), rcond=None)
-    state["deformer.layer1.weight"] = np.concatenate([solution[:3].T, facts["w_code"]], axis=1)
-    state["deformer.layer1.bias"] = solution[3]
+    if facts.get("folded_shape"):
+        # the deformed prior is the graph's constant: mean_v = that, and a deformation of zero (the last layer's
+        # weights zero, the others and the shape code as initialised), so the rebuilt model deforms nothing yet
+        with torch.no_grad():
+            model.deformer.fc_rgb.weight.zero_()
+            model.deformer.fc_rgb.bias.zero_()
+        for key, value in model.state_dict().items():
+            if key.startswith(("deformer.", "shape_code.")):
+                state[key] = value.numpy()
+    else:
+        # deformer layer 1: xyz_term = mean_v W_xyz^T + b over N vertices -> least squares for (W_xyz, b)
+        mean_v = facts["mean_v"].astype(np.float64)
+        design = np.concatenate([mean_v, np.ones((len(mean_v), 1))], axis=1)
+        solution, *_ = np.linalg.lstsq(design, facts["xyz_term"].astype(np.float64), rcond=None)
+        state["deformer.layer1.weight"] = np.concatenate([solution[:3].T, facts["w_code"]], axis=1)
+        state["deformer.layer1.bias"] = solution[3]
     # trunk: undo the BatchNorm fusion (identity affine, running mean -b', running variance 1 - eps)
     for conv in facts["trunk_convs"]:
         bn_path = _batchnorm_of(conv)

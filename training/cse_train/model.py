@@ -46,6 +46,7 @@ __all__ = [
     "MeshEncoder",
     "PoseRegressor",
     "ResNet18Trunk",
+    "SHAPE_FOLD_TOL",
     "ShapeDeformer",
     "TopDownDecoder",
     "correspondence_maps",
@@ -57,6 +58,8 @@ __all__ = [
     "ndc_grid",
     "rotation_from_6d",
     "save_checkpoint",
+    "shape_probe_images",
+    "shape_spread",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -488,13 +491,14 @@ def cycle_confidence(
     n*(p) = argmin_n ||match_p - v_n||^2 = argmin_n (||v_n||^2 - 2 match_p . v_n) (the ||match_p||^2 term
     is constant per cell and dropped), e(p) = ||g_p - imatch[n*(p)]|| (NDC), conf = exp(-alpha e).
 
-    match [B,P,3], vertices [B,N,3], imatch [B,N,2], grid [P,2] -> conf [B,P] in (0, 1]. No gradient.
+    match [B,P,3], vertices [B,N,3], imatch [B,N,2], grid [P,2] or [B,P,2] -> conf [B,P] in (0, 1]. A match
+    [B,1,3] with a grid [P,2] gives every cell's confidence for that one 3D point. No gradient.
     """
     match, vertices, imatch = match.detach(), vertices.detach(), imatch.detach()
     score = (vertices * vertices).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(match, vertices.transpose(1, 2))
     nearest = score.argmin(dim=-1)  # [B,P]
     back = torch.gather(imatch, 1, nearest.unsqueeze(-1).expand(-1, -1, 2))  # [B,P,2]
-    diff = back - grid.unsqueeze(0)
+    diff = back - (grid if grid.ndim == 3 else grid.unsqueeze(0))
     return torch.exp(-alpha * torch.sqrt((diff * diff).sum(-1)))
 
 
@@ -507,31 +511,44 @@ def fused_correspondence(
     img_feat: Tensor, mesh_feat: Tensor, vertices: Tensor, mask: Tensor, grid: Tensor, tau: float, alpha: float
 ) -> tuple[Tensor, Tensor]:
     """``match`` and cycle ``confidence`` of :class:`Correspondence` (``with_confidence=True``) for inference,
-    with one exponential over [B,P,N] and neither normalised map materialised.
+    with one exponential, over the cells of the mask only, and neither normalised map materialised.
 
     The features are unit vectors, so ``sim`` lies in [-1, 1] and ``exp(tau * (sim - 1))`` lies in
-    (0, 1]: the constant shift cancels in both softmaxes and needs no per-row maximum. Then
-    ``match = E @ V / rowsum(E)`` (a cell outside the mask gets the mean vertex, as the uniform softmax over
-    its all-``mask_fill`` row gives) and ``imatch = E^T @ (valid * grid) / E^T @ valid`` (cells outside the
-    mask have weight 0, as ``exp(mask_fill)`` underflows to; no valid cell gives (0, 0), the uniform average
-    of the grid). Equal to the two-softmax form up to float rounding (``training/tests/test_model.py``)
-    for ``tau <= FUSED_TAU_MAX`` (raises ``ValueError`` above: the sums could underflow).
+    (0, 1]: the constant shift cancels in both softmaxes and needs no per-row maximum. Rows of the [B,P,N]
+    maps are independent, and cells outside the mask weigh nothing in ``imatch`` (``exp(mask_fill)`` underflows
+    to 0), so only the K cells of the mask (K = the batch's largest count, the others padded with cells outside)
+    go through the [B,K,N] products: ``match = E @ V / rowsum(E)`` and ``imatch = E^T @ (valid * grid) /
+    E^T @ valid`` (no valid cell gives (0, 0), the uniform average of the grid). A cell outside the mask gets the
+    mean vertex, as the uniform softmax over its all-``mask_fill`` row gives, and that point's cycle confidence
+    at its own grid position. A crop's mask covers ~30-50 % of the grid (the shipped categories' test crops), so
+    this does about half the work of all P cells. Equal to the two-softmax form up to float rounding
+    (``training/tests/test_model.py``) for ``tau <= FUSED_TAU_MAX`` (raises ``ValueError`` above: the sums could
+    underflow).
 
     img_feat [B,C,G,G] (unit), mesh_feat [B,N,C] (unit), vertices [B,N,3], mask [B,1,G,G], grid [P,2]
     -> (match [B,G,G,3], confidence [B,G,G]). No gradient through ``vertices``.
     """
     if tau > FUSED_TAU_MAX:
         raise ValueError(f"fused_correspondence needs tau <= {FUSED_TAU_MAX}, got {tau}")
-    g = img_feat.shape[-1]
+    c, g = img_feat.shape[1], img_feat.shape[-1]
     feat = img_feat.flatten(2).transpose(1, 2)  # [B,P,C]
-    valid = (mask.flatten(1) > 0.5).to(feat.dtype).unsqueeze(-1)  # [B,P,1]
-    e = torch.exp(tau * (torch.bmm(feat, mesh_feat.transpose(1, 2)) - 1.0))  # [B,P,N] in (0, 1]
+    valid = (mask.flatten(1) > 0.5).to(feat.dtype)  # [B,P]
+    _, cells = torch.topk(valid, valid.sum(dim=1).max().to(torch.int64), dim=1)  # [B,K], the mask's cells first
+    valid_k = torch.gather(valid, 1, cells).unsqueeze(-1)  # [B,K,1]
+    grid_k = grid[cells]  # [B,K,2]
+    feat_k = torch.gather(feat, 1, cells.unsqueeze(-1).expand(-1, -1, c))  # [B,K,C]
+    e = torch.exp(tau * (torch.bmm(feat_k, mesh_feat.transpose(1, 2)) - 1.0))  # [B,K,N] in (0, 1]
     verts = vertices.detach()
-    num = torch.bmm(e, torch.cat([verts, torch.ones_like(verts[..., :1])], dim=-1))  # [B,P,4]
-    match = torch.where(valid > 0, num[..., :3] / num[..., 3:], verts.mean(dim=1, keepdim=True))
-    back = torch.bmm(e.transpose(1, 2), torch.cat([grid.unsqueeze(0) * valid, valid], dim=-1))  # [B,N,3]
+    mean_vertex = verts.mean(dim=1, keepdim=True)  # [B,1,3]
+    num = torch.bmm(e, torch.cat([verts, torch.ones_like(verts[..., :1])], dim=-1))  # [B,K,4]
+    match_k = torch.where(valid_k > 0, num[..., :3] / num[..., 3:], mean_vertex)
+    back = torch.bmm(e.transpose(1, 2), torch.cat([grid_k * valid_k, valid_k], dim=-1))  # [B,N,3]
     imatch = back[..., :2] / back[..., 2:].clamp_min(torch.finfo(back.dtype).tiny)
-    confidence = cycle_confidence(match, verts, imatch, grid, alpha)
+    outside = cycle_confidence(mean_vertex, verts, imatch, grid, alpha)  # [B,P]: every cell outside the mask
+    inside = torch.where(valid_k[..., 0] > 0, cycle_confidence(match_k, verts, imatch, grid_k, alpha),
+                         torch.gather(outside, 1, cells))  # [B,K]
+    confidence = torch.scatter(outside, 1, cells, inside)
+    match = torch.scatter(mean_vertex.expand(-1, g * g, -1), 1, cells.unsqueeze(-1).expand(-1, -1, 3), match_k)
     return match.reshape(-1, g, g, 3), confidence.reshape(-1, g, g)
 
 
@@ -818,6 +835,42 @@ class CSENet(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+#: :class:`ExportWrapper` writes the deformed prior as a constant when, over :func:`shape_probe_images`, it moves
+#: by at most this much (canonical units; ~1e-5 of the object's size, a few micrometres). The shipped bottle, bowl,
+#: can, laptop and mug models move by at most 2.7e-6 (their shape code's image-independent part outweighs the
+#: per-vertex term of the deformation MLP's first layer, so every vertex gets the same offset, which the zero-mean
+#: step removes); the camera's moves by 0.02-0.23.
+SHAPE_FOLD_TOL: float = 1e-5
+
+
+def shape_probe_images(crop_size: int, seed: int = 0) -> Tensor:
+    """Images spanning what a crop can hold, for :func:`shape_spread`: [8,3,S,S] in [0,1]: four of uniform noise,
+    black, white, grey, and 8 x 8 blocks of noise."""
+    gen = torch.Generator().manual_seed(seed)
+    s = int(crop_size)
+    noise = torch.rand(4, 3, s, s, generator=gen)
+    flat = torch.tensor([0.0, 1.0, 0.5]).reshape(3, 1, 1, 1).expand(3, 3, s, s)
+    blocks = torch.rand(1, 3, 8, 8, generator=gen).repeat_interleave(s // 8, 2).repeat_interleave(s // 8, 3)
+    return torch.cat([noise, flat, blocks])
+
+
+@torch.no_grad()
+def shape_spread(model: CSENet) -> tuple[float, Tensor]:
+    """How much the deformed prior depends on the image: (largest |vertex - its mean over the probe images|,
+    canonical units; the mean deformed prior [N,3]) over :func:`shape_probe_images`, in eval mode (BatchNorm
+    running statistics untouched)."""
+    probe = shape_probe_images(model.cfg.crop_size).to(model.mean_v.device)
+    was_training = model.training
+    model.eval()
+    try:
+        _, global_feat = model.encode_image(probe)
+        vertices = model.deform(model.shape_code(global_feat))
+    finally:
+        model.train(was_training)
+    mean = vertices.mean(dim=0)
+    return float((vertices - mean).abs().max()), mean
+
+
 class ExportWrapper(nn.Module):
     """Inference graph: (rgb [B,3,S,S] in [0,1], mask [B,1,G,G]) -> (vertices [B,N,3], match [B,G,G,3],
     confidence [B,G,G]) and, with ``pose_head``, (pose_rotation [B,3,3], pose_translation [B,3]).
@@ -825,8 +878,18 @@ class ExportWrapper(nn.Module):
     A snapshot of the model at construction: ``mean_v`` and the layer-1 xyz term ``W_xyz mean_v + b``
     [N,hidden] become constants, so per frame only ``W_code code`` is added. Rebuild it after training
     changes the model. Call ``eval()`` before tracing. The correspondence is :func:`fused_correspondence`
-    (one exponential; the two-softmax module above ``FUSED_TAU_MAX``): measured with ``models/mug.onnx`` in
-    onnxruntime on 2 CPU cores, one crop x0.69 of the two-softmax graph's time, three crops x0.60-0.67.
+    (one exponential, the mask's cells only; the two-softmax module above ``FUSED_TAU_MAX``): measured with
+    ``models/mug.onnx`` in onnxruntime on 2 CPU cores, one exponential took x0.69 of the two-softmax graph's time
+    for one crop, x0.60-0.67 for three; the mask's cells alone then took CPU time per crop from 8.0-8.9 to
+    5.9-6.7 ms (crops 45 % covered by the mask, one to five crops a call).
+
+    ``fold_shape``: the deformed prior becomes one constant [1,N,3] (its mean over the probe images), expanded to
+    the batch, and the shape code and deformation MLP leave the graph (the mesh encoder stays, on the constant).
+    ``None`` (default): fold when :func:`shape_spread` is at most :data:`SHAPE_FOLD_TOL`, i.e. when the image
+    does not move the prior anyway. The MLP is ~185 MFLOP a crop (N = 564 vertices through 256-256-256-128
+    units), the trunk's size: folded, ``models/mug.onnx`` took 7.3 instead of 9.0 ms a crop in onnxruntime
+    (one CPU thread). ``cse_train.adapt.model_from_onnx`` rebuilds such a file with a zero last deformation
+    layer (the same outputs; training then starts the deformation from there).
 
     ``pose_head`` adds the training-time pose regressor (a 512-d MLP, negligible cost) as two extra outputs
     for evaluation (baseline (a)); the node reads only the three contract outputs. Its translation is the
@@ -834,7 +897,7 @@ class ExportWrapper(nn.Module):
     ``t_xy`` still to be corrected by ``- (c_ndc / f_ndc) t_z`` for the crop's intrinsics.
     """
 
-    def __init__(self, model: CSENet, pose_head: bool = False) -> None:
+    def __init__(self, model: CSENet, pose_head: bool = False, fold_shape: bool | None = None) -> None:
         super().__init__()
         self.model = model
         self.pose_head = bool(pose_head)
@@ -842,11 +905,17 @@ class ExportWrapper(nn.Module):
             mean_v = model.mean_v.detach().clone()
             self.register_buffer("mean_v_const", mean_v)
             self.register_buffer("xyz_term", model.deformer.xyz_term(mean_v).detach().clone())
+            spread, vertices = shape_spread(model)
+        self.fold_shape = spread <= SHAPE_FOLD_TOL if fold_shape is None else bool(fold_shape)
+        self.register_buffer("vertices_const", vertices.unsqueeze(0).clone())
 
     def forward(self, rgb: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
         m = self.model
         img_feat, global_feat = m.encode_image(rgb)
-        vertices = m.deform(m.shape_code(global_feat), mean_v=self.mean_v_const, xyz_term=self.xyz_term)
+        if self.fold_shape:
+            vertices = self.vertices_const.expand(rgb.shape[0], -1, -1)
+        else:
+            vertices = m.deform(m.shape_code(global_feat), mean_v=self.mean_v_const, xyz_term=self.xyz_term)
         mesh_feat = m.mesh_encoder(vertices)
         c = m.correspondence
         if c.tau <= FUSED_TAU_MAX:

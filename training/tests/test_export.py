@@ -262,3 +262,49 @@ def test_reexport_from_onnx_keeps_the_network_and_its_facts(exported, tmp_path):
     new = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(list(OUTPUT_NAMES), feeds)
     for name, a, b in zip(OUTPUT_NAMES, old, new, strict=True):
         assert np.abs(a - b).max() <= (1e-3 if name != "confidence" else 1e-2), name
+
+
+def image_independent_shape(model: CSENet) -> CSENet:
+    """``model`` with a zero shape-code weight: the code is its bias whatever the image, so the prior is deformed
+    (per vertex) but the same for every image, as in the shipped models whose deformation collapsed."""
+    with torch.no_grad():
+        model.shape_code.weight.zero_()
+        model.shape_code.bias.normal_(0.0, 1.0)
+    return model
+
+
+def test_export_folds_an_image_independent_shape_and_the_rebuild_keeps_it(tmp_path):
+    """ExportWrapper folds the deformed prior only when the image does not move it; the folded file answers as the
+    full graph, has no deformation MLP, keeps the prior in float32 when the weights go float16, and rebuilds
+    (``model_from_onnx``) into a model with the same outputs that folds again."""
+    from cse_train.adapt import model_from_onnx, verify_rebuild
+    from cse_train.model import SHAPE_FOLD_TOL, ExportWrapper, shape_spread
+
+    varying = build_model()
+    assert shape_spread(varying)[0] > 100 * SHAPE_FOLD_TOL and not ExportWrapper(varying).fold_shape
+    model = image_independent_shape(build_model())
+    spread, vertices = shape_spread(model)
+    assert spread <= SHAPE_FOLD_TOL and ExportWrapper(model).fold_shape
+    assert float((vertices - model.mean_v.detach()).abs().max()) > 1e-3  # a real deformation, in the constant
+
+    path = export_onnx(model, tmp_path / "mug.onnx", "t", "v")
+    graph = onnx.load(str(path)).graph
+    assert not [i.name for i in graph.initializer if "deformer" in i.name or "shape_code" in i.name]
+    assert [n.op_type for n in graph.node if "vertices" in n.output] == ["Expand"]
+    rgb, mask = disc_crops(3, 128, 32, seed=4)
+    with torch.no_grad():
+        full = ExportWrapper(model, pose_head=True, fold_shape=False).eval()(rgb, mask)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        [*OUTPUT_NAMES, *POSE_HEAD_NAMES], {"rgb": rgb.numpy(), "mask": mask.numpy()})
+    for name, a, b in zip((*OUTPUT_NAMES, *POSE_HEAD_NAMES), got, full, strict=True):
+        assert np.abs(a - b.numpy()).max() <= TOL, name
+
+    half = tmp_path / "mug16.onnx"
+    store_weights_fp16(path, half)
+    kinds = {i.name: i.data_type for i in onnx.load(str(half)).graph.initializer}
+    assert kinds["vertices_const"] == onnx.TensorProto.FLOAT and "vertices_const__fp16" not in kinds
+
+    rebuilt = model_from_onnx(half, verify=False)
+    assert float(rebuilt.deformer.fc_rgb.weight.abs().max()) == 0.0
+    assert max(verify_rebuild(rebuilt, half).values()) <= TOL
+    assert ExportWrapper(rebuilt).fold_shape and shape_spread(rebuilt)[0] < 1e-6  # the mean's rounding only
