@@ -854,17 +854,15 @@ def int8_model(
             raise SystemExit(f"bench: --int8 {requested}: no such file")
         return path, f"{path} (given)"
     from cse_pose.inference import int8_path
-    from cse_train.export import read_onnx_metadata
-    from cse_train.quantize import calibration_batches, quantize_model
+    from cse_train.quantize import calibration_batches, made_from, quantize_model
 
     beside = int8_path(models_dir / f"{category}.onnx")
     if beside.is_file():
         return beside, str(beside)
     trained = files.weights.startswith("trained")
-    wanted_version = f"{read_onnx_metadata(files.onnx).get('version', files.onnx.stem)}-int8"
     cached = QUANT_DIR / f"{category}.int8.onnx"
-    if trained and cached.is_file() and read_onnx_metadata(cached).get("version") == wanted_version:
-        return cached, f"{cached} (quantized earlier from {files.onnx})"
+    if trained and cached.is_file() and made_from(cached, files.onnx):
+        return cached, f"{cached} (quantized earlier from {files.onnx} as it is now)"
     dst = cached if trained else out_dir / "int8" / f"{category}.int8.onnx"
     t0 = time.perf_counter()
     kw = {} if calib_videos is None else {"videos": calib_videos}

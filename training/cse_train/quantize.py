@@ -29,6 +29,7 @@ CLI: ``python -m cse_train.quantize --models-dir models --out-dir out/quant [--e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -202,7 +203,7 @@ def quantize_model(
         "activations": "uint8 per-tensor", "op_types": list(op_types), "calibration": method,
         "other_weights": "float16 + Cast" if fp16_weights else "float32",
         "calibration_crops": crops, "calibration_data": "pipeline crops of generated train-split frames",
-        "from": src.name,
+        "from": src.name, "from_sha256": file_sha256(src),
     })
     meta["version"] = f"{meta.get('version', src.stem)}-int8"
     for key, value in meta.items():
@@ -216,6 +217,20 @@ def quantize_model(
     log(f"quantize: {src} -> {dst} ({dst.stat().st_size / 2**20:.1f} MiB, {crops} calibration crops, "
           f"{time.perf_counter() - t0:.0f} s)")
     return dst
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the float model an INT8 file was made from: ``quantization.from_sha256``)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def made_from(int8_file: str | Path, float_file: str | Path) -> bool:
+    """Whether ``int8_file`` was quantized from ``float_file`` as it is now (its recorded SHA-256; False for files
+    made before it was recorded, and for a float file re-exported since)."""
+    from .export import read_onnx_metadata
+
+    recorded = json.loads(read_onnx_metadata(int8_file).get("quantization", "{}")).get("from_sha256")
+    return recorded == file_sha256(float_file)
 
 
 def float_models(models_dir: str | Path) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from cse_train.quantize import (  # noqa: E402
     float_models,
     format_comparison,
     fp32_weights,
+    made_from,
     quantize_model,
 )
 
@@ -93,6 +94,10 @@ def test_static_int8_is_qdq_keeps_the_metadata_and_stays_close(tmp_path):
     np.testing.assert_array_equal(m8, m32)  # the Mul is not quantized
     err = np.abs(y8 - y32).max() / np.abs(y32).max()
     assert 0 < err < 0.05  # int8 rounding: close, not identical
+    # it knows the float file it came from: a re-exported float file (other bytes) makes it stale
+    assert made_from(dst, src)
+    src.write_bytes(src.read_bytes() + b"\0")
+    assert not made_from(dst, src)
 
 
 def test_float_models_skip_int8_files_and_the_comparison_applies_the_rule(tmp_path):
