@@ -1,5 +1,5 @@
-"""Command line: ``python -m cse_train {generate,train,evaluate,eval-models,export,smoke,from-bag,adapt}`` (also
-``cse-train ...``).
+"""Command line: ``python -m cse_train {generate,train,evaluate,eval-models,export,smoke,from-bag,adapt,distill}``
+(also ``cse-train ...``).
 
 - ``generate``: synthetic RGB-D videos in Wild6D's layout (``cse_train.data.synthetic.generate``).
 - ``train``: :func:`cse_train.train.train` (``torchrun --nproc_per_node=K -m cse_train train ...`` for DDP).
@@ -12,6 +12,8 @@
 - ``from-bag``: a recorded ROS 2 bag -> Wild6D-layout videos (:mod:`cse_train.from_bag`; no ROS needed).
 - ``adapt``: a shipped ONNX model -> self-supervised fine-tuning on your videos -> export, before/after on
   held-out frames (:mod:`cse_train.adapt`, ``make adapt``).
+- ``distill``: an exported model -> a smaller network (``tiny`` config) trained on its outputs over training crops
+  -> export (:mod:`cse_train.distill`).
 """
 
 from __future__ import annotations
@@ -166,6 +168,15 @@ def _cmd_from_bag(args: argparse.Namespace) -> int:
                    instance_id=args.instance_id, min_mask_px=args.min_mask_px,
                    min_depth_fraction=args.min_depth_fraction, min_depth_m=args.min_depth, max_depth_m=args.max_depth,
                    min_frames=args.min_frames, progress=not args.no_progress)
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import DistillConfig, distill
+
+    path = distill(DistillConfig(teacher=args.teacher, data=args.data, out=args.out, config=args.config,
+                                 steps=args.steps, batch=args.batch, lr=args.lr, threads=args.threads, seed=args.seed))
+    print(f"wrote {path}")
+    return 0
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
@@ -514,6 +525,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=RENDER_POSE_HELP)
     a.add_argument("--no-progress", dest="no_progress", action="store_true")
     a.set_defaults(func=_cmd_adapt)
+
+    d = sub.add_parser("distill", help="an exported model -> a smaller network with its outputs (no labels)")
+    d.add_argument("--teacher", required=True, help="exported ONNX file, e.g. models/mug.onnx")
+    d.add_argument("--data", required=True, help="the category's training videos (Wild6D-layout category root)")
+    d.add_argument("--out", required=True, help="run folder: last.pt, log.jsonl, export/<category>.onnx")
+    d.add_argument("--config", default="tiny", choices=("tiny", "small"), help="the student's preset")
+    d.add_argument("--steps", type=int, default=1500)
+    d.add_argument("--batch", type=int, default=16, help="crops a step (4 frames from each of batch / 4 videos)")
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--threads", type=int, default=2, help="torch intra-op threads (0 = torch's default)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_distill)
     return p
 
 
