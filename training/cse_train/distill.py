@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .config import get_config
 from .losses import downsample_mask
-from .model import CSENet, save_checkpoint, shape_spread
+from .model import SHAPE_FOLD_TOL, CSENet, save_checkpoint, shape_spread
 
 __all__ = ["DistillConfig", "distill", "distill_losses", "student_from_teacher"]
 
@@ -74,7 +74,7 @@ def student_from_teacher(teacher: CSENet, config: str) -> CSENet:
     student's ``mean_v`` with a zero last deformation layer (the student's export folds it as the teacher's)."""
     cfg = get_config(config, crop_size=teacher.cfg.crop_size, grid_size=teacher.cfg.grid_size, tau=teacher.cfg.tau)
     spread, vertices = shape_spread(teacher)
-    folded = spread <= 1e-5
+    folded = spread <= SHAPE_FOLD_TOL
     prior = vertices if folded else teacher.mean_v.detach()
     student = CSENet(cfg, prior.numpy(), teacher.faces.numpy(), category=teacher.category,
                      symmetry=teacher.symmetry, base_rotation=teacher.base_rotation,
