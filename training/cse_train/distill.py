@@ -13,9 +13,8 @@ teacher's own outputs on training crops, no labels:
   correspondence distribution (softmax over vertices of ``tau * sim``) from the teacher's, over the mask's cells;
   ``mesh`` = the same for the 3D->2D distribution (softmax over the mask's cells, per vertex); ``feat`` = one minus
   the cosine of the two unit pixel features over the mask's cells (a dense signal while the maps still differ a lot);
-  ``code`` = squared
-  error of the shape code (the deformation follows it where the prior is not folded); ``pose`` = squared error of
-  the pose head's rotation and translation (evaluation baseline (a) only);
+  ``code`` = squared error of the shape code (the deformation follows it where the prior is not folded); ``pose`` =
+  squared error of the pose head's rotation and translation (evaluation baseline (a) only);
 * AdamW with a OneCycle schedule, as training; then ``export`` (float16 weights) and the accuracy of both files is
   ``make eval``'s to measure (``eval-models --models <out>/export``).
 
