@@ -907,7 +907,8 @@ class ExportWrapper(nn.Module):
             self.register_buffer("xyz_term", model.deformer.xyz_term(mean_v).detach().clone())
             spread, vertices = shape_spread(model)
         self.fold_shape = spread <= SHAPE_FOLD_TOL if fold_shape is None else bool(fold_shape)
-        self.register_buffer("vertices_const", vertices.unsqueeze(0).clone())
+        if self.fold_shape:
+            self.register_buffer("vertices_const", vertices.unsqueeze(0).clone())
 
     def forward(self, rgb: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
         m = self.model
