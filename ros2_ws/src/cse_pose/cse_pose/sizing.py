@@ -60,6 +60,22 @@ GATE_MARGIN_M = 0.01
 MIN_SEEN_FRACTION = 0.6
 
 
+def percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile(values, q, axis=0)`` (its default linear method, the same floats) for (n,) or (n, k) finite
+    values, n >= 1: one sort instead of numpy's general machinery, ~10x faster on the ~1,000 points of a box.
+
+    Returns (len(q),) or (len(q), k).
+    """
+    a = np.sort(np.asarray(values, np.float64), axis=0)
+    index = (len(a) - 1) * (np.asarray(q, np.float64) / 100.0)
+    i0 = np.floor(index).astype(np.int64)
+    i1 = np.minimum(i0 + 1, len(a) - 1)
+    t = (index - i0).reshape((-1,) + (1,) * (a.ndim - 1))
+    below, above = a[i0], a[i1]
+    step = above - below
+    return np.where(t >= 0.5, above - step * (1 - t), below + step * t)  # numpy's lerp, both branches
+
+
 def measured_box(points_obj: np.ndarray, category: str, max_half_m: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Measured extents and box centre of one object from its points in its own frame.
@@ -81,10 +97,10 @@ def measured_box(points_obj: np.ndarray, category: str, max_half_m: np.ndarray |
     if not rule or len(p) < MIN_POINTS:
         return size, centre
     axes = [1] if rule == "radial" else ["xyz".index(a) for a in rule]
-    lo, hi = np.percentile(p[:, axes], RANGE_PERCENTILES, axis=0)
+    lo, hi = percentiles(p[:, axes], RANGE_PERCENTILES)
     size[axes], centre[axes] = hi - lo, 0.5 * (lo + hi)
     if rule == "radial":
-        diameter = 2.0 * float(np.percentile(np.hypot(p[:, 0], p[:, 2]), RADIUS_PERCENTILE))
+        diameter = 2.0 * float(percentiles(np.hypot(p[:, 0], p[:, 2]), (RADIUS_PERCENTILE,))[0])
         size[[0, 2]], centre[[0, 2]] = diameter, 0.0
     return size, centre
 

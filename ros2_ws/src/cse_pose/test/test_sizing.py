@@ -15,6 +15,7 @@ from cse_pose.sizing import (
     MEASURED_AXES,
     apply_measured_box,
     measured_box,
+    percentiles,
 )
 
 
@@ -117,3 +118,10 @@ def test_measured_categories_default_to_all_but_the_camera_and_are_checked():
     assert PipelineParams(measure_size_categories=["can"]).measure_size_categories == ("can",)
     with pytest.raises(InvalidInputError, match="measure_size_categories"):
         PipelineParams(measure_size_categories=("cup",))
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7, 1), (1000,), (999, 3)])
+def test_percentiles_are_numpys(shape):
+    values = np.random.default_rng(len(shape) + shape[0]).normal(size=shape)
+    for q in ((0.5, 99.5), (98.0,), (0.0, 100.0), (25.0, 50.0, 75.0)):
+        np.testing.assert_array_equal(percentiles(values, q), np.percentile(values, q, axis=0))

@@ -19,6 +19,7 @@ pipeline and every evaluation baseline use; :func:`lift_coordinates` says where 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -89,22 +90,32 @@ def crop_box_from_mask(mask: np.ndarray, size: int, enlarge: float | tuple[float
     return CropBox((xmin + xmax) // 2, (ymin + ymax) // 2, half_x, half_y, int(size))
 
 
+@lru_cache(maxsize=256)
 def _bilinear_taps(start: int, half: int, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices (size, 2) and weights (size, 2) along one axis, zero weight outside [0, limit)."""
+    """Source indices (size, 2) and weights (size, 2) along one axis, zero weight outside [0, limit).
+
+    Cached (read-only arrays): a grid's upsampling and a still object's crop ask for the same taps every frame.
+    """
     scale = 2.0 * half / size
     src = np.maximum((np.arange(size) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.floor(src).astype(np.int64)
-    i0 = np.minimum(i0, 2 * half - 1)
-    i1 = np.minimum(i0 + 1, 2 * half - 1)
+    i0 = np.minimum(src.astype(np.int64), 2 * half - 1)  # src >= 0: truncation is floor
     lam = src - i0
-    idx = np.stack([i0, i1], axis=1) + start
-    w = np.stack([1.0 - lam, lam], axis=1)
-    inside = (idx >= 0) & (idx < limit)
-    return np.clip(idx, 0, limit - 1), np.where(inside, w, 0.0).astype(np.float32)
+    idx = np.empty((size, 2), np.int64)
+    idx[:, 0] = i0
+    np.minimum(i0 + 1, 2 * half - 1, out=idx[:, 1])
+    idx += start
+    w = np.empty((size, 2), np.float32)
+    w[:, 0] = 1.0 - lam
+    w[:, 1] = lam
+    if start < 0 or start + 2 * half > limit:  # the box leaves the image: zero weight there, indices clipped
+        w[(idx < 0) | (idx >= limit)] = 0.0
+        np.clip(idx, 0, limit - 1, out=idx)
+    return _read_only(idx), _read_only(w)
 
 
+@lru_cache(maxsize=256)
 def _nearest_taps(start: int, half: int, size: int, limit: int, offset: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest source indices (size,) and an inside-the-image flag (size,).
+    """Nearest source indices (size,) and an inside-the-image flag (size,); cached as :func:`_bilinear_taps`.
 
     ``offset`` 0: PyTorch legacy ``nearest`` (``floor(u * scale)``); 0.5: ``nearest-exact``
     (``floor((u + 0.5) * scale)``, the pixel under the point the bilinear resampling reads).
@@ -112,7 +123,12 @@ def _nearest_taps(start: int, half: int, size: int, limit: int, offset: float) -
     idx = np.floor((np.arange(size) + offset) * (2.0 * half / size)).astype(np.int64)
     idx = np.minimum(idx, 2 * half - 1) + start
     inside = (idx >= 0) & (idx < limit)
-    return np.clip(idx, 0, limit - 1), inside
+    return _read_only(np.clip(idx, 0, limit - 1)), _read_only(inside)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear") -> np.ndarray:
@@ -136,11 +152,11 @@ def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear")
         offset = 0.0 if interpolation == "nearest" else 0.5
         r, r_in = _nearest_taps(box.y0, box.half_y, S, H, offset)
         c, c_in = _nearest_taps(box.x0, box.half_x, S, W, offset)
-        out = image[r[:, None], c[None, :]]
-        valid = r_in[:, None] & c_in[None, :]
-        if not valid.all():
-            out = out.copy()
-            out[~valid] = 0
+        out = image.take(r, axis=0).take(c, axis=1)  # a new array; 3-4x faster than one 2-D fancy index
+        if not r_in.all():
+            out[~r_in] = 0
+        if not c_in.all():
+            out[:, ~c_in] = 0
         return out
     if interpolation != "bilinear":
         raise InvalidInputError(
@@ -154,8 +170,9 @@ def crop_image(image: np.ndarray, box: CropBox, interpolation: str = "bilinear")
 def crop_planes(planes: np.ndarray, box: CropBox, out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear crop of channel-first planes (the one bilinear resampler; ``crop_image`` calls it).
 
-    The two column taps are gathered in the input dtype (e.g. uint8) and mixed for every row of ``planes``
-    once, then the two row taps of that mix, in float32: no float copy of the whole image is made.
+    The two row taps are gathered in the input dtype (e.g. uint8; whole rows of a channel-last image, a plain
+    copy) and mixed in float32, then the two column taps of that mix: no float copy of the whole image is made,
+    and the first pass touches S rows, not the box's. (Columns first cost ~1.6x on a 640x480 RGB frame.)
 
     Args:
         planes: (C, H, W) array, any real dtype and strides (e.g. ``rgb_window.transpose(2, 0, 1)``).
@@ -171,21 +188,20 @@ def crop_planes(planes: np.ndarray, box: CropBox, out: np.ndarray | None = None)
     S = box.size
     r, wr = _bilinear_taps(box.y0, box.half_y, S, H)
     c, wc = _bilinear_taps(box.x0, box.half_x, S, W)
-    mix = np.take(planes, c[:, 0], axis=2).astype(np.float32, copy=False)  # (C, H, S), a new array
-    mix *= wc[:, 0]
-    right = np.take(planes, c[:, 1], axis=2).astype(np.float32, copy=False)
-    right *= wc[:, 1]
-    mix += right
-    top = np.take(mix, r[:, 0], axis=1)  # (C, S, S)
-    top *= wr[:, 0, None]
-    bottom = np.take(mix, r[:, 1], axis=1)
-    bottom *= wr[:, 1, None]
+    channel_last = planes.transpose(1, 2, 0)  # (H, W, C) view
+    mix = channel_last.take(r[:, 0], axis=0).astype(np.float32, copy=False)  # (S, W, C), a new array
+    mix *= wr[:, 0, None, None]
+    below = channel_last.take(r[:, 1], axis=0).astype(np.float32, copy=False)
+    below *= wr[:, 1, None, None]
+    mix += below
+    left = mix.take(c[:, 0], axis=1)  # (S, S, C)
+    left *= wc[:, 0, None]
+    right = mix.take(c[:, 1], axis=1)
+    right *= wc[:, 1, None]
     if out is None:
-        top += bottom
-        return top
-    np.add(top, bottom, out=out)
+        out = np.empty((planes.shape[0], S, S), np.float32)
+    np.add(left.transpose(2, 0, 1), right.transpose(2, 0, 1), out=out)
     return out
-
 
 
 def crop_intrinsics(K: np.ndarray, box: CropBox) -> np.ndarray:
