@@ -85,12 +85,17 @@ class SurfaceSampler:
         r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
         self.corners = faces[pick]  # (n, 3) vertex indices of each sample's triangle
         self.weights = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)  # uniform barycentric samples
+        self._corner_columns = [np.ascontiguousarray(self.corners[:, k]) for k in range(3)]
+        self._weight_columns = [np.ascontiguousarray(self.weights[:, k:k + 1]) for k in range(3)]
 
     def __call__(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        tri = np.asarray(vertices, np.float64)[self.corners]  # (n, 3, 3)
-        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
-        return np.einsum("nk,nkd->nd", self.weights, tri), normals
+        v = np.asarray(vertices, np.float64)
+        a, b, c = (v.take(k, axis=0) for k in self._corner_columns)  # (n, 3) corners of each sample
+        wa, wb, wc = self._weight_columns
+        points = a * wa + b * wb + c * wc
+        normals = np.cross(b - a, c - a)
+        normals /= np.maximum(np.sqrt((normals * normals).sum(axis=1)), 1e-300)[:, None]
+        return points, normals
 
 
 def refine_pose(observed_m: np.ndarray, vertices_cam: np.ndarray, sampler: SurfaceSampler, max_distance_m: float,
