@@ -541,7 +541,7 @@ def evaluate(
             runner = backend
         if mode.solver == "umeyama":
             runner = UniformConfidence(runner)
-            params = replace(params, ransac_threshold_m=1e3, min_quality=0.0)
+            params = replace(params, ransac_threshold_m=1e3, min_quality=0.0, max_correspondences=0)
         if isinstance(getattr(runner, "inner", runner), GTCorrespondenceBackend):
             # its "prior" is the ground-truth box: no ICP surface, and no box to measure better than it
             params = replace(params, refine_categories=(), measure_size_categories=())

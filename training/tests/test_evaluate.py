@@ -63,6 +63,27 @@ def test_gt_correspondences_are_near_perfect(test_root: Path) -> None:
         assert plain.summary["5deg2cm"] == 1.0
 
 
+def test_plain_umeyama_keeps_every_pixel(test_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Baseline (b) is the reference's all-pixel least squares, whatever the node's max_correspondences."""
+    import cse_pose.pipeline as pipeline_module
+
+    seen: dict[str, list] = {}
+    select = pipeline_module.select_pixels
+
+    def spy(*args, max_pairs=None, **kwargs):
+        seen.setdefault(current, []).append(max_pairs)
+        return select(*args, max_pairs=max_pairs, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "select_pixels", spy)
+    frames = _frames(test_root, "mug")[:1]
+    params = PipelineParams(max_correspondences=50)
+    for current in ("gt_correspondences", "umeyama_gt"):
+        mode = BASELINES["gt_correspondences"] if current == "gt_correspondences" else \
+            EvalMode("umeyama_gt", correspondences="gt", solver="umeyama")
+        evaluate(frames, "mug", mode=mode, params=params, crop_size=128, grid_size=32)
+    assert seen == {"gt_correspondences": [50], "umeyama_gt": [None]}
+
+
 class _TurnedGT(GTCorrespondenceBackend):
     """Ground-truth correspondences rotated by 90 degrees about the object x axis: a confidently wrong model."""
 

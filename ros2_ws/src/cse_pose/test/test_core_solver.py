@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from cse_pose.core import camera, categories, crop
-from cse_pose.core.correspondence import confidence_threshold, select_correspondences, upsample_grid
+from cse_pose.core.correspondence import (
+    cell_centre_pixels,
+    confidence_threshold,
+    select_correspondences,
+    select_pixels,
+    upsample_grid,
+)
 from cse_pose.core.errors import (
     DegenerateGeometryError,
     EmptyMaskError,
@@ -217,6 +223,46 @@ def test_select_solve_pose_recovers_box_pose():
     assert np.isclose(np.linalg.det(pose.R), 1.0)
     np.testing.assert_allclose(pose.T_cam_obj[:3, 3], pose.t_m)
     assert pose.corners().shape == (8, 3) and pose.covariance().shape == (6, 6)
+
+
+@pytest.mark.parametrize(("size", "grid", "kept"), [(128, 32, 64), (20, 4, 12), (12, 8, 12), (16, 16, 16)])
+def test_cell_centre_pixels_are_symmetric_in_each_cell(size, grid, kept):
+    centre = cell_centre_pixels(size, grid)
+    assert centre.sum() == kept and not centre.flags.writeable
+    cell = (np.arange(size) * grid) // size
+    for c in range(grid):
+        rows = np.flatnonzero(cell == c)
+        assert centre[rows].any()
+        # the kept rows of a cell are centred on the cell's own centre: no shift of the depth samples
+        assert np.flatnonzero(centre[rows]).mean() == pytest.approx(0.5 * (len(rows) - 1))
+
+
+def test_thinned_selection_keeps_cells_centred_and_the_pose():
+    R = rotation_about_axis([0.3, 1.0, 0.2], 0.8)
+    t = np.array([0.03, -0.02, 0.6])
+    half = np.array([0.05, 0.08, 0.04])
+    box, mask, depth, match, _ = _rendered_box_scene(R, t, half)
+    mask_c, depth_c = crop.crop_image(mask, box, "nearest"), crop.crop_image(depth, box, "nearest")
+    conf = np.ones((32, 32))
+    full = select_pixels(match, conf, mask_c, depth_c, box)
+    assert len(full.u) > 4000
+    quarter = select_pixels(match, conf, mask_c, depth_c, box, max_pairs=len(full.u) // 4 + 1)
+    assert len(quarter.u) < 0.3 * len(full.u)
+    # every kept pixel sits in the central half of its cell along both axes, rows 1-2 of each 4-row block
+    assert set(np.unique(quarter.u % 4)) == {1, 2} and set(np.unique(quarter.v % 4)) == {1, 2}
+    few = select_pixels(match, conf, mask_c, depth_c, box, max_pairs=300)
+    assert 150 < len(few.u) <= 330
+    cells = np.unique((few.v // 4) * 32 + few.u // 4, return_counts=True)[1]
+    assert (cells <= 4).all()  # whole cells were dropped, not single pixels
+    assert select_pixels(match, conf, mask_c, depth_c, box, max_pairs=len(full.u)).u.size == len(full.u)
+    with pytest.raises(DegenerateGeometryError):  # min_pairs counts the pixels before thinning
+        select_pixels(match, conf, mask_c, depth_c, box, min_pairs=len(full.u) + 1, max_pairs=100)
+    errors = []
+    for max_pairs in (None, 1000):
+        corr = select_correspondences(match, conf, mask_c, depth_c, box, K, max_pairs=max_pairs)
+        res = ransac_umeyama(corr.src, corr.dst, corr.weights, threshold_m=0.01)
+        errors.append(rotation_error_deg(res.R, R))
+    assert errors[1] < 3.0 and abs(errors[1] - errors[0]) < 1.0
 
 
 def test_pose_uses_box_centre_and_base_rotation():

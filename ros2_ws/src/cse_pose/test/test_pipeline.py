@@ -190,6 +190,9 @@ def test_params_validation():
         PipelineParams(min_depth_m=2.0, max_depth_m=1.0)
     with pytest.raises(InvalidInputError):
         PipelineParams(ransac_threshold_m=0.0)
+    with pytest.raises(InvalidInputError, match="max_correspondences"):
+        PipelineParams(max_correspondences=10)  # fewer than min_inliers (20)
+    assert PipelineParams(max_correspondences=0).max_correspondences == 0  # 0 = all
 
 
 @pytest.mark.parametrize("centre", [(320, 240), (5, 4), (636, 470), (-3, 250)])

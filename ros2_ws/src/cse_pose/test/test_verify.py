@@ -287,7 +287,8 @@ def test_off_is_todays_pipeline_bit_for_bit(oracle_models, monkeypatch):
         vertices, match, confidence = model.run(crop.rgb[None], downsample_mask(crop.mask_crop, info.grid_size)
                                                 .astype(np.float32)[None, None])
         sel = select_pixels(match[0], confidence[0], crop.select_mask, crop.depth_crop_m, crop.box,
-                            confidence_floor=params.confidence_floor, min_pairs=params.min_correspondences)
+                            confidence_floor=params.confidence_floor, min_pairs=params.min_correspondences,
+                            max_pairs=params.max_correspondences)
         pairs = lift_pixels(sel, match[0], crop.depth_crop_m, crop.box, K, params.depth_sampling)
         fit = ransac_umeyama(pairs.src, pairs.dst, pairs.weights, threshold_m=params.ransac_threshold_m,
                              max_hypotheses=params.ransac_max_hypotheses, min_inliers=params.min_inliers,

@@ -12,6 +12,7 @@ reference's ``crop.crop_to_image`` cell centre).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -82,6 +83,24 @@ class PixelSelection:
     mean_confidence: float
 
 
+@lru_cache(maxsize=16)
+def cell_centre_pixels(size: int, grid: int) -> np.ndarray:
+    """(size,) bool: the crop rows (or columns) in the central half of their grid cell, the cell of row ``v``
+    being ``(v * grid) // size`` (the legacy-nearest upsampling of the match).
+
+    Every pixel of a cell pairs the cell's one canonical point with its own depth sample, so the cell's point
+    sits at the centre of its pixels; keeping a subset symmetric about that centre (rows 1-2 of a 4-row cell,
+    1-3 of 5; a cell of 1-2 rows keeps all) thins the pairs without shifting them. Read-only.
+    """
+    cell = (np.arange(size) * grid) // size
+    first = np.searchsorted(cell, cell, side="left")
+    count = np.searchsorted(cell, cell, side="right") - first
+    offset = np.arange(size) - first
+    keep = (np.abs(offset - 0.5 * (count - 1)) < 0.25 * count) | (count <= 2)
+    keep.flags.writeable = False
+    return keep
+
+
 def select_pixels(
     match: np.ndarray,
     confidence: np.ndarray,
@@ -90,10 +109,15 @@ def select_pixels(
     box: CropBox,
     confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
     min_pairs: int = 3,
+    max_pairs: int | None = None,
 ) -> PixelSelection:
     """Confidence threshold and pixel selection (docs/reference.md §2.4-2.5), without lifting.
 
-    Arguments, checks and errors as :func:`select_correspondences` (``match`` is only shape-checked here).
+    Arguments, checks and errors as :func:`select_correspondences` (``match`` is only shape-checked here);
+    ``max_pairs``: when more pixels are kept, only those in the central half of their grid cell along both axes
+    (:func:`cell_centre_pixels`, a quarter of them), then, if still more, only those of every k-th cell in
+    row-major order (k = ceil(n / max_pairs)): whole cells, so that no cell's pixels are thinned off-centre;
+    None = all, as the reference. ``min_pairs`` applies before thinning.
     Returns:
         :class:`PixelSelection`.
     """
@@ -125,6 +149,18 @@ def select_pixels(
         raise DegenerateGeometryError(
             f"only {len(u)} confident pixels with valid depth (need {max(3, min_pairs)}; theta={theta:.2f})"
         )
+    if max_pairs is not None and len(u) > max_pairs:
+        centre = cell_centre_pixels(S, G)
+        inner = np.flatnonzero(centre[v] & centre[u])
+        v, u = v[inner], u[inner]
+        step = -(-len(u) // max(int(max_pairs), 1))
+        if step > 1:
+            cell = ((v * G) // S) * G + (u * G) // S
+            occupied = np.zeros(G * G, bool)
+            occupied[cell] = True
+            rank = np.cumsum(occupied) - 1  # of each occupied cell, row-major
+            kept = np.flatnonzero(rank[cell] % step == 0)
+            v, u = v[kept], u[kept]
     return PixelSelection(v, u, conf_up[v, u].astype(np.float64), theta, mean_conf)
 
 
@@ -172,6 +208,7 @@ def select_correspondences(
     confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR,
     min_pairs: int = 3,
     depth_sampling: str = "reference",
+    max_pairs: int | None = None,
 ) -> Correspondences:
     """Confident, depth-valid crop pixels -> canonical/camera point pairs (docs/reference.md §2.4-2.6).
 
@@ -187,10 +224,13 @@ def select_correspondences(
         confidence_floor: upper bound of theta.
         min_pairs: fewer selected pairs raise ``DegenerateGeometryError``.
         depth_sampling: how the mask and depth crops were sampled (see :func:`lift_pixels`).
+        max_pairs: keep at most this many of the selected pixels, evenly thinned (None = all).
     Returns:
         ``Correspondences`` (float64 arrays).
     Raises:
         EmptyMaskError, InvalidDepthError, DegenerateGeometryError, InvalidInputError.
     """
-    selection = select_pixels(match, confidence, mask_crop, depth_crop_m, box, confidence_floor, min_pairs)
+    selection = select_pixels(
+        match, confidence, mask_crop, depth_crop_m, box, confidence_floor, min_pairs, max_pairs
+    )
     return lift_pixels(selection, match, depth_crop_m, box, K, depth_sampling)
