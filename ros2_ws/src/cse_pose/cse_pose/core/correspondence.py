@@ -133,7 +133,9 @@ def select_pixels(
         raise InvalidInputError(
             f"mask and depth crops must be ({S}, {S}); got {np.shape(mask_crop)} and {np.shape(depth_crop_m)}"
         )
-    mask = np.asarray(mask_crop) != 0
+    mask = np.asarray(mask_crop)
+    if mask.dtype != bool:
+        mask = mask != 0
     if not mask.any():
         raise EmptyMaskError("instance mask is empty inside its crop")
     depth = np.asarray(depth_crop_m, dtype=np.float32)
@@ -144,23 +146,24 @@ def select_pixels(
     if not valid_depth.any():
         raise InvalidDepthError("no valid depth inside the instance mask")
     keep = valid_depth & (conf_up >= theta) & (conf_up > 0)
-    v, u = np.nonzero(keep)
-    if len(u) < max(3, min_pairs):
+    n = int(np.count_nonzero(keep))
+    if n < max(3, min_pairs):
         raise DegenerateGeometryError(
-            f"only {len(u)} confident pixels with valid depth (need {max(3, min_pairs)}; theta={theta:.2f})"
+            f"only {n} confident pixels with valid depth (need {max(3, min_pairs)}; theta={theta:.2f})"
         )
-    if max_pairs is not None and len(u) > max_pairs:
+    thin = max_pairs is not None and n > max_pairs
+    if thin:
         centre = cell_centre_pixels(S, G)
-        inner = np.flatnonzero(centre[v] & centre[u])
-        v, u = v[inner], u[inner]
+        keep &= centre[:, None] & centre[None, :]
+    v, u = np.nonzero(keep)
+    if thin and len(u) > max_pairs:
         step = -(-len(u) // max(int(max_pairs), 1))
-        if step > 1:
-            cell = ((v * G) // S) * G + (u * G) // S
-            occupied = np.zeros(G * G, bool)
-            occupied[cell] = True
-            rank = np.cumsum(occupied) - 1  # of each occupied cell, row-major
-            kept = np.flatnonzero(rank[cell] % step == 0)
-            v, u = v[kept], u[kept]
+        cell = ((v * G) // S) * G + (u * G) // S
+        occupied = np.zeros(G * G, bool)
+        occupied[cell] = True
+        rank = np.cumsum(occupied) - 1  # of each occupied cell, row-major
+        kept = np.flatnonzero(rank[cell] % step == 0)
+        v, u = v[kept], u[kept]
     return PixelSelection(v, u, conf_up[v, u].astype(np.float64), theta, mean_conf)
 
 
