@@ -29,7 +29,6 @@ CLI: ``python -m cse_train.quantize --models-dir models --out-dir out/quant [--e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from cse_pose.inference import find_models, int8_path
+from cse_pose.inference import file_sha256, find_models, int8_path
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_OP_TYPES", "MAX_DROP_POINTS", "RecordingBackend", "calibration_batches",
            "compare_accuracy", "float_models", "fp32_weights", "quantize_model"]
@@ -217,11 +216,6 @@ def quantize_model(
     log(f"quantize: {src} -> {dst} ({dst.stat().st_size / 2**20:.1f} MiB, {crops} calibration crops, "
           f"{time.perf_counter() - t0:.0f} s)")
     return dst
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (the float model an INT8 file was made from: ``quantization.from_sha256``)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def made_from(int8_file: str | Path, float_file: str | Path) -> bool:

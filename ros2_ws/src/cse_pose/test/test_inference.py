@@ -15,7 +15,9 @@ from cse_pose.inference import (  # noqa: E402
     PRECISIONS,
     ModelError,
     auto_candidates,
+    file_sha256,
     find_models,
+    int8_made_from,
     int8_path,
     load_model,
     load_models,
@@ -260,7 +262,7 @@ def test_precision_picks_the_int8_file_on_the_cpu_only(tmp_path):
         model_file(src, "int8", "cpu")
     with pytest.raises(ModelError, match="precision"):
         load_model(src, backend="cpu", precision="fp8")
-    q.write_bytes(src.read_bytes())  # a stand-in: same graph under the INT8 name
+    _int8_stand_in(src, q, file_sha256(src))  # the same graph under the INT8 name, recording its source
     assert find_models(tmp_path) == {"mug": src}
     assert model_file(src, "auto", "cpu") == q and model_file(src, "float", "cpu") == src
     assert model_file(src, "auto", "cuda") == src and model_file(src, "auto", "tensorrt") == src
@@ -269,6 +271,34 @@ def test_precision_picks_the_int8_file_on_the_cpu_only(tmp_path):
     assert Path(load_model(src, backend="cpu").info.path) == src  # default: the file named
     if auto_candidates() == ["cpu"]:  # backend auto resolves to the CPU here: the INT8 file
         assert Path(load_model(src, backend="auto", precision="auto").info.path) == q
+
+
+@pytest.mark.parametrize("recorded", ["another", None])
+def test_an_int8_file_made_from_another_float_file_is_not_run_by_auto(tmp_path, caplog, recorded):
+    """A float file re-exported after ``make int8`` (or an INT8 file that records no source): ``auto`` runs the float
+    file and says why; ``int8`` runs the INT8 file as asked, with the same warning."""
+    src = write_oracle_model(tmp_path / "mug.onnx", category="mug")
+    q = tmp_path / "mug.int8.onnx"
+    _int8_stand_in(src, q, "0" * 64 if recorded else None)
+    assert model_file(src, "auto", "cpu") == q  # the file is there ...
+    with caplog.at_level("WARNING", logger="cse_pose.inference.loader"):
+        model = load_model(src, backend="cpu", precision="auto")
+    assert Path(model.info.path) == src  # ... but not run
+    assert "mug.int8.onnx was not quantized from mug.onnx" in caplog.text and "float file" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cse_pose.inference.loader"):
+        assert Path(load_model(src, backend="cpu", precision="int8").info.path) == q
+    assert "precision 'int8'" in caplog.text
+    assert not int8_made_from(model, src)  # a float model records no source at all
+
+
+def _int8_stand_in(src: Path, dst: Path, from_sha256: str | None) -> None:
+    """``src``'s graph saved as ``dst`` with a ``quantization`` metadata entry (as cse_train.quantize writes)."""
+    model = onnx.load(str(src))
+    entry = model.metadata_props.add()
+    entry.key = "quantization"
+    entry.value = json.dumps({"from": src.name, **({"from_sha256": from_sha256} if from_sha256 else {})})
+    onnx.save(model, str(dst))
 
 
 def test_metadata_props_round_trip(oracle):

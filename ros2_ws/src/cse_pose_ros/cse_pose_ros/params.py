@@ -72,8 +72,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "can be faster (make bench prints both).", low=0, high=256, read_only=True),
     ParamSpec("precision", "auto",
               "Which file of a model runs: auto (the static INT8 <category>.int8.onnx beside <category>.onnx "
-              "when onnxruntime's CPU provider runs it and the file exists; GPU backends run the float file), "
-              "float, or int8 (the INT8 file on any onnxruntime backend).", read_only=True, choices=PRECISIONS),
+              "when onnxruntime's CPU provider runs it, the file exists and records that float file as its source; "
+              "GPU backends run the float file), float, or int8 (the INT8 file on any onnxruntime backend).",
+              read_only=True, choices=PRECISIONS),
     # --- synchronisation -------------------------------------------------------------------------
     ParamSpec("sync_slop_s", 0.05,
               "Approximate-time synchroniser: largest stamp difference (s) between RGB, depth, mask and "

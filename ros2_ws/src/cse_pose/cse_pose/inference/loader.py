@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -46,6 +48,38 @@ def model_file(path: str | Path, precision: str, backend: str) -> Path:
     if precision == "auto" and backend == "cpu" and q.is_file():
         return q
     return p
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (how an INT8 file records the float file it was made from)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def int8_made_from(int8_model: InferenceBackend, float_path: str | Path) -> bool:
+    """Whether the INT8 file behind ``int8_model`` records ``float_path`` as it is now as its source (the SHA-256
+    that ``python -m cse_train.quantize`` writes into its ``quantization`` metadata); False when it records another
+    file's or none (files made before it was recorded)."""
+    try:
+        recorded = json.loads(getattr(int8_model, "metadata", {}).get("quantization", "{}")).get("from_sha256")
+    except (TypeError, ValueError, AttributeError):
+        recorded = None
+    return recorded is not None and recorded == file_sha256(float_path)
+
+
+def _open_precision(path: str | Path, precision: str, backend: str, device_id: int, options: OnnxOptions
+                    ) -> InferenceBackend:
+    """open_onnx on :func:`model_file`'s choice; an INT8 sibling not made from ``path`` as it is now (a float file
+    re-exported or replaced since ``make int8``) is not run for ``auto`` (the float file is, with a warning) and
+    is run with a warning for ``int8``."""
+    chosen = model_file(path, precision, backend)
+    model = open_onnx(chosen, backend, device_id, options)
+    if chosen != Path(path) and not int8_made_from(model, path):
+        why = f"{chosen.name} was not quantized from {Path(path).name} as it is now (re-run make int8)"
+        if precision == "auto":
+            LOG.warning("%s; running the float file", why)
+            return open_onnx(path, backend, device_id, options)
+        LOG.warning("%s; running it as precision 'int8' asks", why)
+    return model
 
 
 def auto_candidates(providers: list[str] | None = None) -> list[str]:
@@ -100,8 +134,9 @@ def load_model(
         io_binding: reuse pre-allocated output buffers via IOBinding (default: off, see ``OnnxOptions``).
         warmup: run once on zeros so engine builds and shape errors happen at load, not on the first frame.
         precision: ``float`` (default): the file ``path``; ``auto``: its static INT8 sibling
-            ``<category>.int8.onnx`` when the CPU provider runs it and the file exists (the node's default);
-            ``int8``: that sibling on every onnxruntime backend (:func:`model_file`).
+            ``<category>.int8.onnx`` when the CPU provider runs it, the file exists and was made from ``path``
+            as it is now (:func:`int8_made_from`; the node's default); ``int8``: that sibling on every onnxruntime
+            backend (:func:`model_file`; a warning when it was made from another file).
     Raises:
         ModelError: message names the file and what is wrong.
     """
@@ -120,7 +155,7 @@ def load_model(
     if backend == "torch":
         model: InferenceBackend = open_torch(path, device_id)
     elif backend != "auto":
-        model = open_onnx(model_file(path, precision, backend), backend, device_id, options)
+        model = _open_precision(path, precision, backend, device_id, options)
     else:
         candidates = auto_candidates()
         if not candidates:
@@ -128,7 +163,7 @@ def load_model(
         failures: list[str] = []
         for name in candidates:
             try:
-                model = open_onnx(model_file(path, precision, name), name, device_id, options)
+                model = _open_precision(path, precision, name, device_id, options)
             except ProviderError as exc:
                 failures.append(f"{name}: {exc.problem}")
                 continue

@@ -239,6 +239,8 @@ class OnnxBackend:
         self.backend = backend
         self.name = f"onnxruntime-{backend}"
         self.providers: list[str] = list(session.get_providers())
+        #: every ``metadata_props`` entry of the file (the contract's keys and any others, e.g. ``quantization``)
+        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self._binding = session.io_binding() if io_binding else None
         self._buffers: dict[int, ModelOutputs] = {}
 
