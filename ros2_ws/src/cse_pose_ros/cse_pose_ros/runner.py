@@ -14,7 +14,8 @@ that so:
 * errors the executor raises because the context went away under it (``RuntimeError`` from
   ``take_message``, ``InvalidHandle``) count as a shutdown when rclpy is no longer ok;
 * the interruption is an :class:`Interrupted`, not a plain ``KeyboardInterrupt`` (see there);
-* native imports that must not be interrupted (open3d) run in :func:`sigint_deferred` blocks.
+* native imports that must not be interrupted (open3d), and the executor's construction, run in
+  :func:`sigint_deferred` blocks.
 """
 
 from __future__ import annotations
@@ -139,7 +140,14 @@ def run_node(factory: Callable[[], object], name: str, args: list[str] | None = 
         # Everything built at start-up (models, message classes, buffers) lives as long as the node: keep it out
         # of the cyclic GC's full passes, which otherwise add tens of ms to some frames (measured by make bench).
         gc.freeze()
-        rclpy.spin(node)
+        # rclpy.spin would build its executor lazily; a Ctrl-C inside Executor.__init__ (before it sets
+        # _sigint_gc) leaves a half-built executor whose __del__ prints an AttributeError at exit (1 of 20
+        # Ctrl-C right at "ready" in the SIGINT test): build it where the interruption waits.
+        with sigint_deferred():
+            from rclpy.executors import SingleThreadedExecutor
+
+            executor = SingleThreadedExecutor(context=getattr(node, "context", None))
+        rclpy.spin(node, executor)
     except ValueError as exc:
         import rclpy.logging
 
