@@ -227,7 +227,8 @@ def select_correspondences(
         confidence_floor: upper bound of theta.
         min_pairs: fewer selected pairs raise ``DegenerateGeometryError``.
         depth_sampling: how the mask and depth crops were sampled (see :func:`lift_pixels`).
-        max_pairs: keep at most this many of the selected pixels, evenly thinned (None = all).
+        max_pairs: above this many selected pixels, thin them to about this many, centred in their cells
+            (:func:`select_pixels`; None = all).
     Returns:
         ``Correspondences`` (float64 arrays).
     Raises:
