@@ -101,6 +101,15 @@ def cell_centre_pixels(size: int, grid: int) -> np.ndarray:
     return keep
 
 
+@lru_cache(maxsize=16)
+def _cell_centre_mask(size: int, grid: int) -> np.ndarray:
+    """(size, size) bool, read-only: :func:`cell_centre_pixels` along both axes."""
+    centre = cell_centre_pixels(size, grid)
+    mask = centre[:, None] & centre[None, :]
+    mask.flags.writeable = False
+    return mask
+
+
 def select_pixels(
     match: np.ndarray,
     confidence: np.ndarray,
@@ -153,8 +162,7 @@ def select_pixels(
         )
     thin = max_pairs is not None and n > max_pairs
     if thin:
-        centre = cell_centre_pixels(S, G)
-        keep &= centre[:, None] & centre[None, :]
+        keep &= _cell_centre_mask(S, G)
     v, u = np.nonzero(keep)
     if thin and len(u) > max_pairs:
         step = -(-len(u) // max(int(max_pairs), 1))
