@@ -62,7 +62,7 @@ MIN_SEEN_FRACTION = 0.6
 
 def percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
     """``np.percentile(values, q, axis=0)`` (its default linear method, the same floats) for (n,) or (n, k) finite
-    values, n >= 1: one sort instead of numpy's general machinery, ~10x faster on the ~1,000 points of a box.
+    values, n >= 1: one sort instead of numpy's general machinery (16 instead of 76 us on 1,000 points).
 
     Returns (len(q),) or (len(q), k).
     """

@@ -172,7 +172,8 @@ def crop_planes(planes: np.ndarray, box: CropBox, out: np.ndarray | None = None)
 
     The two row taps are gathered in the input dtype (e.g. uint8; whole rows of a channel-last image, a plain
     copy) and mixed in float32, then the two column taps of that mix: no float copy of the whole image is made,
-    and the first pass touches S rows, not the box's. (Columns first cost ~1.6x on a 640x480 RGB frame.)
+    and the first pass touches S rows, not the box's (columns first took 322 instead of 225 us on a mug's
+    164x118 RGB window).
 
     Args:
         planes: (C, H, W) array, any real dtype and strides (e.g. ``rgb_window.transpose(2, 0, 1)``).
