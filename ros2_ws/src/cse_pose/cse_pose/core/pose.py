@@ -73,6 +73,15 @@ def quality_score(inlier_ratio: float, rms_m: float, threshold_m: float, mean_co
     return float(np.prod([min(max(f, 0.0), 1.0) for f in factors]))
 
 
+_EYE3 = np.eye(3)
+_ORTHONORMAL_TOL = 1e-6 + 1e-5 * _EYE3  # np.allclose(B @ B.T, I, atol=1e-6)'s bound, element by element
+
+
+def _orthonormal(B: np.ndarray) -> bool:
+    """B (3, 3) satisfies ``np.allclose(B @ B.T, I, atol=1e-6)`` (the same test, a sixth of its cost per pose)."""
+    return bool((np.abs(B @ B.T - _EYE3) <= _ORTHONORMAL_TOL).all())
+
+
 def pose_from_similarity(
     result: SolverResult,
     vertices: np.ndarray,
@@ -95,7 +104,7 @@ def pose_from_similarity(
     B = np.asarray(base_rotation, dtype=np.float64)
     if v.ndim != 2 or v.shape[1] != 3 or len(v) < 2 or not np.isfinite(v).all():
         raise InvalidInputError(f"vertices must be finite (N, 3), got shape {v.shape}")
-    if B.shape != (3, 3) or not np.allclose(B @ B.T, np.eye(3), atol=1e-6) or np.linalg.det(B) < 0:
+    if B.shape != (3, 3) or not _orthonormal(B) or np.linalg.det(B) < 0:
         raise InvalidInputError("base_rotation must be a proper rotation (orthonormal, det +1)")
     v_pub = v @ B.T
     lo, hi = v_pub.min(axis=0), v_pub.max(axis=0)
