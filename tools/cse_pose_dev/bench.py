@@ -660,16 +660,27 @@ def speedups(results: Results, ours: Sequence[str], ref: str, objects: Sequence[
 
 def target_lines(results: Results, node_label: str, ref: str | None, memory: Mapping[str, Any],
                  load: Sequence[Any] = ()) -> list[str]:
-    """PASS/FAIL of the issue's targets for the node's default backend (an object count the oracle rows lack is
-    judged on the network row :data:`NET_FP32`, which says so)."""
+    """PASS/FAIL of the issue's targets for the node's default backend.
+
+    The frame targets are judged on the network row :data:`NET_FP32` (the shipped network's own outputs on a
+    held-out frame, what a robot sees) for the object counts it has, else on ``node_label``'s oracle row; an
+    oracle row of a judged count follows as an ``info`` line (its solver gets exact pairs with 20 % outlier
+    cells: a stress input, not the network's). The speed-up is on the oracle rows, the only input the peer has.
+    """
     lines = []
     for n, limit in TARGET_P50_MS.items():
-        for label in (node_label, NET_FP32):
+        judged = False
+        for label in (NET_FP32, node_label):
             p50 = results.stat(label, n, E2E)[0]
-            if np.isfinite(p50):
-                verdict = "PASS" if p50 <= limit else "FAIL"
-                lines.append(f"{verdict}  e2e p50 {n} object(s) {p50:.1f} ms <= {limit:.0f} ms ({label})")
-                break
+            if not np.isfinite(p50):
+                continue
+            source = results.inputs.get(label, "?")
+            if judged:
+                lines.append(f"info  e2e p50 {n} object(s) {p50:.1f} ms on {label} ({source} input, not judged)")
+                continue
+            verdict = "PASS" if p50 <= limit else "FAIL"
+            lines.append(f"{verdict}  e2e p50 {n} object(s) {p50:.1f} ms <= {limit:.0f} ms ({label}, {source} input)")
+            judged = True
     if ref is not None:
         for n in TARGET_P50_MS:
             r50, o50 = results.stat(ref, n, E2E)[0], results.stat(node_label, n, E2E)[0]
@@ -1271,7 +1282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if node_label:
             print()
-            print(f"targets (2-core CPU, small model; checked on '{node_label}'):")
+            print(f"targets (2-core CPU, quiet machine; the frame targets on the network rows where the bench has "
+                  f"them, else on '{node_label}'):")
             for line in target_lines(results, node_label, ref_label, memory, load_results):
                 print("  " + line)
         print()

@@ -71,6 +71,23 @@ def test_table_input_column_and_object_counts_of_each_method(bench):
                       ["net", "b", "network", "1", "p50"], ["net", "b", "network", "3", "p50"]]
 
 
+def test_frame_targets_are_judged_on_the_network_rows_where_they_exist(bench):
+    results = bench.Results()
+    row = {s: 1.0 for s in bench.STAGES}
+    results.add("ours ort-cpu", 1, dict(row, e2e=11.0))  # oracle input: over the 10 ms target
+    results.add("ours ort-cpu", 5, dict(row, e2e=36.0))  # no network row with 5 objects: judged here
+    results.add(bench.NET_FP32, 1, dict(row, e2e=9.0))
+    results.add(bench.NET_FP32, 3, dict(row, e2e=26.0))
+    results.inputs = {"ours ort-cpu": bench.INPUT_ORACLE, bench.NET_FP32: bench.INPUT_NETWORK}
+    lines = bench.target_lines(results, "ours ort-cpu", None, {})
+    assert lines == [
+        f"PASS  e2e p50 1 object(s) 9.0 ms <= 10 ms ({bench.NET_FP32}, network input)",
+        "info  e2e p50 1 object(s) 11.0 ms on ours ort-cpu (oracle input, not judged)",
+        f"FAIL  e2e p50 3 object(s) 26.0 ms <= 25 ms ({bench.NET_FP32}, network input)",
+        "FAIL  e2e p50 5 object(s) 36.0 ms <= 35 ms (ours ort-cpu, oracle input)",
+    ]
+
+
 def test_methods_with_their_own_scenes_are_interleaved_with_the_others(bench):
     calls: list[tuple[str, int]] = []
 
