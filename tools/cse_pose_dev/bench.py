@@ -159,6 +159,25 @@ def load_average() -> str:
         return "n/a"
 
 
+def host_gauge(trials: int = 3) -> str:
+    """One-thread speed of this host now, as text: a Python loop of 10^6 additions and a numpy sort of 10^5 floats
+    (ms, min of ``trials``). Frame times on the development VM moved by 1.5x and more between days (the peer's
+    1-object frame: 192 ms one morning, 469 ms the next), while the ratios within a run held; the header prints
+    this at start and end so that runs of different days can be told apart."""
+    loop, sort = float("inf"), float("inf")
+    values = np.random.default_rng(0).random(100_000)
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        k = 0
+        for i in range(1_000_000):
+            k += i
+        loop = min(loop, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        np.sort(values)
+        sort = min(sort, time.perf_counter() - t0)
+    return f"Python loop {loop * 1e3:.0f} ms, numpy sort {sort * 1e3:.2f} ms"
+
+
 def percentiles(samples: Sequence[float]) -> tuple[float, float]:
     """(p50, p95) of the samples (linear interpolation); NaN for none."""
     if len(samples) == 0:
@@ -659,10 +678,11 @@ def speedups(results: Results, ours: Sequence[str], ref: str, objects: Sequence[
 
 
 def target_lines(results: Results, node_label: str, ref: str | None, memory: Mapping[str, Any],
-                 load: Sequence[Any] = ()) -> list[str]:
+                 load: Sequence[Any] = (), net_label: str = NET_FP32) -> list[str]:
     """PASS/FAIL of the issue's targets for the node's default backend.
 
-    The frame targets are judged on the network row :data:`NET_FP32` (the shipped network's own outputs on a
+    The frame targets are judged on the network row ``net_label`` (the file the node runs by default: the INT8
+    row when ``node_label``'s node runs ``<category>.int8.onnx``; the shipped network's own outputs on a
     held-out frame, what a robot sees) for the object counts it has, else on ``node_label``'s oracle row; an
     oracle row of a judged count follows as an ``info`` line (its solver gets exact pairs with 20 % outlier
     cells: a stress input, not the network's). The speed-up is on the oracle rows, the only input the peer has.
@@ -670,7 +690,7 @@ def target_lines(results: Results, node_label: str, ref: str | None, memory: Map
     lines = []
     for n, limit in TARGET_P50_MS.items():
         judged = False
-        for label in (NET_FP32, node_label):
+        for label in (net_label, node_label):
             p50 = results.stat(label, n, E2E)[0]
             if not np.isfinite(p50):
                 continue
@@ -936,6 +956,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     backends, skipped = available_backends(args.backends)
     load0 = load_average()
+    gauge0 = host_gauge()
     if args.load_seconds > 0:
         # the load test publishes camera frames from this process: its DDS participants need the large
         # shared-memory profile, which Fast DDS reads when the process creates its first participant
@@ -967,6 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corruptor = Corruptor(args.outlier_ratio, args.match_noise, args.seed)
         methods: list[Any] = []
         ours: list[str] = []
+        ours_files: dict[str, Path] = {}  # label -> the model file its node runs
         labels_info: list[str] = []
         for b in backends:
             kind, ort_kw = ort_options(b)
@@ -983,6 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if kind == "torch":
                 label = f"ours {model.name}"
             info = model.info
+            ours_files[label] = Path(getattr(info, "path", path))
             if args.correspondences == "oracle":
                 oracle = load_model(
                     oracle_model(files, out_dir, args.category, info.crop_size, info.grid_size), "cpu"
@@ -1155,6 +1178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cse_pose bench {datetime.datetime.now().isoformat(timespec='seconds')}  host {platform.node()}",
             f"CPU: {cpu}, {os.cpu_count()} logical cores; load average (1/5/15 min) at start {load0}, "
             f"at end {load_average()}",
+            f"host speed (one thread, min of 3; lower is faster): at start {gauge0}; at end {host_gauge()}",
             f"python {platform.python_version()}, numpy {np.__version__}, "
             f"onnxruntime {onnxruntime.__version__} "
             f"(providers {', '.join(available_providers())}), torch {torch.__version__}; {blas}",
@@ -1282,9 +1306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if node_label:
             print()
-            print(f"targets (2-core CPU, quiet machine; the frame targets on the network rows where the bench has "
-                  f"them, else on '{node_label}'):")
-            for line in target_lines(results, node_label, ref_label, memory, load_results):
+            node_file = ours_files.get(node_label)
+            net_label = (NET_INT8 if NET_INT8 in net_labels and node_file is not None
+                         and node_file.name.endswith(".int8.onnx") else NET_FP32)
+            print(f"targets (2-core CPU, quiet machine; the frame targets on '{net_label}' (the file the node runs "
+                  f"by default) where the bench has network frames, else on '{node_label}'):")
+            for line in target_lines(results, node_label, ref_label, memory, load_results, net_label):
                 print("  " + line)
         print()
         print(

@@ -86,6 +86,13 @@ def test_frame_targets_are_judged_on_the_network_rows_where_they_exist(bench):
         f"FAIL  e2e p50 3 object(s) 26.0 ms <= 25 ms ({bench.NET_FP32}, network input)",
         "FAIL  e2e p50 5 object(s) 36.0 ms <= 35 ms (ours ort-cpu, oracle input)",
     ]
+    # the node runs the INT8 file by default: its network row is the judged one
+    results.add(bench.NET_INT8, 1, dict(row, e2e=8.5))
+    results.inputs[bench.NET_INT8] = bench.INPUT_NETWORK
+    lines = bench.target_lines(results, "ours ort-cpu", None, {}, net_label=bench.NET_INT8)
+    assert lines[:2] == [f"PASS  e2e p50 1 object(s) 8.5 ms <= 10 ms ({bench.NET_INT8}, network input)",
+                         "info  e2e p50 1 object(s) 11.0 ms on ours ort-cpu (oracle input, not judged)"]
+    assert lines[2] == "FAIL  e2e p50 5 object(s) 36.0 ms <= 35 ms (ours ort-cpu, oracle input)"  # no INT8 3-object row
 
 
 def test_methods_with_their_own_scenes_are_interleaved_with_the_others(bench):
@@ -268,6 +275,7 @@ def test_tiny_bench_run_has_every_stage_and_finite_numbers(bench, tmp_path):
     for stage in (*bench.STAGES, bench.E2E):
         assert stage in head.split()
     assert "load average" in text and "intra-op threads" in text and "random init" in text
+    assert "host speed (one thread" in text and text.count("Python loop ") == 2
     assert "mesh of " in text and " triangles" in text
     expected = {"ours ort-cpu": ("oracle", (1, 5)), "ours torch-cpu": ("oracle", (1, 5)),
                 "reference cpu": ("oracle", (1, 5)), bench.NET_FP32: ("network", (1, 3)),

@@ -1081,9 +1081,13 @@ def generate(
     if workers <= 1:
         results = [_generate_one(j) for j in tqdm(jobs, desc=f"synthetic {category}/{split}", unit="video")]
     else:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+        # spawn, not fork: a forked child inherits the locks other threads held. Seen once with fork: after
+        # eval-models had rendered the lit split (threads) both workers of the wide split sat at 0 % CPU before
+        # their first video
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(tqdm(pool.map(_generate_one, jobs), total=len(jobs),
                                 desc=f"synthetic {category}/{split}", unit="video"))
     write_list_file(out_dir, category)
