@@ -17,7 +17,7 @@ that load from other processes hits them alike:
 * **reference**: :class:`cse_train.reference_pipeline.ReferencePipeline` (eager torch CSE network at the
   paper's sizes S 256 / G 64, the reference crop, confidence upsampling and selection, the 100-iteration
   5-point RANSAC-Umeyama), after the same decode; it builds and publishes no messages.
-* **net fp32 / net int8** (``--network-objects``, default 1 and 3 objects): the same node path with the
+* **net fp32 / net int8** (``--network-objects``, default 1, 3 and 5 objects): the same node path with the
   ``ort-cpu`` settings on held-out frames (:func:`make_network_scene`, the synthetic test split) and the
   network's *own* outputs fed to select/solve, for the float model and for its static INT8 version
   (``--int8``: ``<models-dir>/<category>.int8.onnx``, else ``out/quant/<category>.int8.onnx`` when made from
@@ -266,11 +266,14 @@ def make_scene(n_objects: int, seed: int = 0, width: int = WIDTH, height: int = 
 
 
 def _with_copies(spec: Any, n_copies: int, gap_m: float = 0.03) -> Any:
-    """``spec`` (a ``cse_train.data.synthetic.SceneSpec``) with ``n_copies`` more instances of its target (same
-    shape and texture, turned 50 degrees each) standing beside it on the table, alternately left and right of
-    it as frame 0's camera sees it. They replace the scene's distractors; instance ids 2, 3, ..."""
+    """``spec`` (a ``cse_train.data.synthetic.SceneSpec``) with ``n_copies`` (at most 4) more instances of its
+    target (same shape and texture, turned 50 degrees each) on the table, as frame 0's camera sees it: the first two
+    beside it, right and left; the next two in a row behind, one step further from the camera and half a step to
+    either side (further out they leave the image). They replace the scene's distractors; instance ids 2, 3, ..."""
     import dataclasses
 
+    if not 0 <= n_copies <= 4:
+        raise ValueError(f"at most 4 copies, got {n_copies}")
     size = np.asarray(spec.size_m, dtype=np.float64)
     eye = spec.camera_centers()[0]
     view = -eye[[0, 2]] / max(float(np.linalg.norm(eye[[0, 2]])), 1e-9)  # towards the target (world origin)
@@ -278,7 +281,8 @@ def _with_copies(spec: Any, n_copies: int, gap_m: float = 0.03) -> Any:
     step = float(np.linalg.norm(size[[0, 2]])) + gap_m  # footprint diameter + a gap: no interpenetration
     copies = []
     for k in range(n_copies):
-        xz = (k // 2 + 1) * step * (1.0 if k % 2 == 0 else -1.0) * side
+        sign = 1.0 if k % 2 == 0 else -1.0
+        xz = step * sign * side if k < 2 else step * (0.5 * sign * side + view)
         copies.append({
             "kind": "category", "category": spec.category, "params": dict(spec.shape_params), "scale": 1.0,
             "occluder": False, "size": [float(x) for x in size], "texture": spec.target_texture,
@@ -292,16 +296,16 @@ def make_network_scene(category: str, n_objects: int, seed: int = 0) -> Scene:
     """A held-out frame for the shipped network: ``cse_train.data.synthetic`` test split (shape and texture
     bands never trained on), with sensor noise and depth holes, 640x480.
 
-    One object: frame 0 of a test scene, its target's mask (id 1), the scene's clutter around it. Two to four:
-    the same scene with its clutter replaced by copies of the target beside it (:func:`_with_copies`), all
+    One object: frame 0 of a test scene, its target's mask (id 1), the scene's clutter around it. Two to five:
+    the same scene with its clutter replaced by copies of the target around it (:func:`_with_copies`), all
     in one camera, so every instance's points are lifted with the right intrinsics (mask ids 1..n).
     """
     from cse_train.data.synthetic import render_frame, sample_scene
 
     from .ros_io import frame_messages
 
-    if not 1 <= n_objects <= 4:
-        raise ValueError(f"network scenes hold 1 to 4 objects, got {n_objects}")
+    if not 1 <= n_objects <= 5:
+        raise ValueError(f"network scenes hold 1 to 5 objects, got {n_objects}")
     spec = sample_scene(category, "test", 1000 + seed, frames=(12, 12))
     if n_objects > 1:
         spec = _with_copies(spec, n_objects - 1)
@@ -827,8 +831,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--network-objects",
         type=int,
         nargs="*",
-        default=[1, 3],
-        help="objects per held-out frame of the network-fed rows (1-4; default 1 3; none = no such rows)",
+        default=[1, 3, 5],
+        help="objects per held-out frame of the network-fed rows (1-5; default 1 3 5; none = no such rows)",
     )
     ap.add_argument(
         "--int8",
@@ -857,8 +861,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.frames < 1 or args.ref_frames < 1 or args.mem_frames < 0:
         ap.error("--frames and --ref-frames must be >= 1, --mem-frames >= 0")
-    if any(not 1 <= n <= 4 for n in [*args.network_objects, args.load_objects]):
-        ap.error("--network-objects and --load-objects must be within 1..4")
+    if any(not 1 <= n <= 5 for n in [*args.network_objects, args.load_objects]):
+        ap.error("--network-objects and --load-objects must be within 1..5")
     if args.load_seconds < 0 or any(r <= 0 for r in args.load_rates):
         ap.error("--load-seconds must be >= 0 and --load-rates > 0")
     return args
@@ -1198,8 +1202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(
                 [
                     "input 'network': the network's own outputs on held-out frames (cse_train.data.synthetic "
-                    f"test split, {args.category}, 640x480; 1 object: a test scene with its clutter; 2-4: the "
-                    "same scene with copies of the object beside it instead of the clutter)"
+                    f"test split, {args.category}, 640x480; 1 object: a test scene with its clutter; 2-5: the "
+                    "same scene with copies of the object instead of the clutter, two beside it, two in a row "
+                    "behind)"
                 ]
                 if net_labels
                 else []

@@ -145,10 +145,10 @@ def test_arguments_are_checked(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--frames", "0"])
     with pytest.raises(SystemExit):
-        bench.parse_args(["--network-objects", "5"])
+        bench.parse_args(["--network-objects", "6"])
     args = bench.parse_args([])
     assert args.frames == 30 and args.mem_frames == 10000 and args.objects == [1, 5]
-    assert args.network_objects == [1, 3] and args.load_rates == [30.0, 100.0] and args.load_seconds > 0
+    assert args.network_objects == [1, 3, 5] and args.load_rates == [30.0, 100.0] and args.load_seconds > 0
 
 
 def test_require_cuda_exits_cleanly_without_cuda(bench, capsys):
@@ -367,13 +367,14 @@ def test_node_rows_run_the_nodes_own_frame_callback(bench, tmp_path):
         ros.close()
 
 
-def test_network_scene_puts_every_object_in_one_camera(bench):
+@pytest.mark.parametrize("n_objects", [3, 5])
+def test_network_scene_puts_every_object_in_one_camera(bench, n_objects):
     """Each instance's depth points lie in its ground-truth box (an earlier 2x2 tiling lifted tiles 2-4 with
-    tile 1's intrinsics: sheared points, a slower and worse solve)."""
+    tile 1's intrinsics: sheared points, a slower and worse solve); with 5 objects the back row is in view too."""
     from cse_pose.core.camera import backproject
 
-    scene = bench.make_network_scene("mug", 3)
-    assert set(np.unique(scene.mask)) == {0, 1, 2, 3} and len(scene.poses) == 3
+    scene = bench.make_network_scene("mug", n_objects)
+    assert set(np.unique(scene.mask)) == set(range(n_objects + 1)) and len(scene.poses) == n_objects
     assert scene.rgb.shape == (480, 640, 3) and scene.depth_m.shape == scene.mask.shape == (480, 640)
     for k, (R, t, size) in enumerate(scene.poses, start=1):
         v, u = np.nonzero((scene.mask == k) & (scene.depth_m > 0))
