@@ -141,6 +141,32 @@ def test_corruptor_replaces_the_requested_fraction(bench):
     assert match.max() == 0  # input untouched
 
 
+def test_the_peers_oracle_hook_time_is_not_counted(bench):
+    """The oracle's own run is subtracted from the peer's frame, as from ours (OracleOutputs)."""
+    import time
+    from types import SimpleNamespace
+
+    class SlowOracle:
+        def run(self, rgb, mask):
+            time.sleep(0.05)
+            return None, np.zeros((1, 4, 4, 3), np.float32), np.ones((1, 4, 4), np.float32)
+
+    hook = bench.OracleHook(SlowOracle(), bench.Corruptor(outlier_ratio=0.5, noise=0.0, seed=0))
+
+    class Pipeline:  # what ReferenceMethod needs of ReferencePipeline: process() calling its hook
+        outputs_hook = hook
+
+        def process(self, rgb, depth_mm, mask, ids, K):
+            match, _ = self.outputs_hook(rgb, mask)
+            assert np.count_nonzero(np.any(match != 0, axis=-1)) == 8  # the corruptor ran: half of 16 cells
+            return SimpleNamespace(timings_ms={"model": 1.0})
+
+    scene = bench.make_scene(1)
+    row = bench.ReferenceMethod("reference cpu", Pipeline()).run(scene)
+    assert hook.extra_ms >= 50.0
+    assert 0.0 <= row[bench.E2E] < 40.0  # the 50 ms sleep is not in the frame
+
+
 def test_arguments_are_checked(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--frames", "0"])
