@@ -417,13 +417,19 @@ class OracleOutputs:
 
     def run(self, rgb_crops: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         vertices = None if self.network is None else self.network.run(rgb_crops, masks)[0]
-        t0 = time.perf_counter()
-        oracle_vertices, match, confidence = self.oracle.run(rgb_crops, masks)
-        match = self.corruptor.apply(match)
+        oracle_vertices, match, confidence, ms = _oracle_outputs(self.oracle, self.corruptor, rgb_crops, masks)
         if vertices is None:
             return oracle_vertices, match, confidence
-        self.extra_ms += (time.perf_counter() - t0) * 1e3
+        self.extra_ms += ms
         return vertices, match, confidence
+
+
+def _oracle_outputs(oracle: Any, corruptor: Corruptor, rgb_crops: np.ndarray,
+                    masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The oracle's (vertices, corrupted match, confidence) and the ms they took."""
+    t0 = time.perf_counter()
+    vertices, match, confidence = oracle.run(rgb_crops, masks)
+    return vertices, corruptor.apply(match), confidence, (time.perf_counter() - t0) * 1e3
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -526,10 +532,8 @@ class OracleHook:
         self.extra_ms = 0.0
 
     def __call__(self, rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t0 = time.perf_counter()
-        _, match, confidence = self.oracle.run(rgb, mask)
-        match = self.corruptor.apply(match)
-        self.extra_ms += (time.perf_counter() - t0) * 1e3
+        _, match, confidence, ms = _oracle_outputs(self.oracle, self.corruptor, rgb, mask)
+        self.extra_ms += ms
         return match, confidence
 
 
